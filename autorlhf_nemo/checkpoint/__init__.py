@@ -1,0 +1,1 @@
+"""Megatron distributed checkpoints (save at one layout, load at another)."""

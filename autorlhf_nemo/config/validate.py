@@ -1,0 +1,163 @@
+"""Layout and config validation, run before any process group starts.
+
+Every problem found is reported at once, each naming the offending fields and
+a fix, so a job that would fail minutes into a cluster allocation fails here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from typing import Any, Mapping, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from autorlhf_nemo.config.schema import RootConfig
+
+_DTYPES = ("float32", "bfloat16", "float16")
+_BACKENDS = ("auto", "nccl", "gloo")
+_OPTIMIZERS = ("adam", "sgd")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message lists every problem and its fix."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"invalid configuration ({len(problems)} problem(s)):\n{lines}")
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _unknown_keys(schema: type, values: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Dotted names of keys in ``values`` that the dataclass ``schema`` does not declare."""
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    unknown = []
+    for key, value in values.items():
+        if key not in fields:
+            close = [f for f in fields if f.startswith(str(key)[:3])]
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            unknown.append(
+                f"unknown key '{prefix}{key}'{hint}: remove it; valid keys of "
+                f"'{prefix.rstrip('.') or 'root'}' are {sorted(fields)}"
+            )
+            continue
+        sub_schema = typing.get_type_hints(schema)[key]
+        if isinstance(value, Mapping) and dataclasses.is_dataclass(sub_schema):
+            unknown += _unknown_keys(sub_schema, value, f"{prefix}{key}.")
+    return unknown
+
+
+def _launcher_world_size() -> Optional[int]:
+    value = os.environ.get("WORLD_SIZE")
+    return int(value) if value else None
+
+
+def to_container(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return dict(cfg)
+
+
+def validate_config(cfg: DictConfig | Mapping[str, Any], world_size: Optional[int] = None) -> None:
+    """Raise :class:`ConfigError` listing every problem with ``cfg``.
+
+    ``world_size`` defaults to ``parallel.world_size``, then to the launcher's
+    ``WORLD_SIZE``; without either, only the world-independent rules are checked.
+    """
+    values = to_container(cfg)
+    problems = _unknown_keys(RootConfig, values)
+    if problems:  # the remaining checks assume the known schema
+        raise ConfigError(problems)
+
+    m, p, t = values["model"], values["parallel"], values["train"]
+    tp, pp, cp = (p["tensor_model_parallel_size"], p["pipeline_model_parallel_size"],
+                  p["context_parallel_size"])
+
+    for section, name in [("parallel", "tensor_model_parallel_size"),
+                          ("parallel", "pipeline_model_parallel_size"),
+                          ("parallel", "context_parallel_size"),
+                          ("model", "num_layers"), ("model", "hidden_size"),
+                          ("model", "num_attention_heads"), ("model", "num_query_groups"),
+                          ("train", "micro_batch_size"), ("train", "global_batch_size"),
+                          ("train", "seq_length")]:
+        if values[section][name] < 1:
+            problems.append(f"{section}.{name}={values[section][name]} must be >= 1")
+    if problems:
+        raise ConfigError(problems)
+
+    heads, groups = m["num_attention_heads"], m["num_query_groups"]
+    if heads % groups:
+        problems.append(
+            f"model.num_query_groups={groups} does not divide model.num_attention_heads={heads}: "
+            f"use one of {_divisors(heads)}")
+    if m["kv_channels"] is None and m["hidden_size"] % heads:
+        problems.append(
+            f"model.hidden_size={m['hidden_size']} is not divisible by "
+            f"model.num_attention_heads={heads}: set model.kv_channels explicitly")
+    if heads % tp:
+        problems.append(
+            f"parallel.tensor_model_parallel_size={tp} does not divide "
+            f"model.num_attention_heads={heads}: use a TP size in {_divisors(heads)}")
+    if groups % tp:
+        problems.append(
+            f"parallel.tensor_model_parallel_size={tp} does not divide "
+            f"model.num_query_groups={groups} (key/value heads): use a TP size in "
+            f"{_divisors(groups)}")
+    if m["ffn_hidden_size"] % tp:
+        problems.append(
+            f"parallel.tensor_model_parallel_size={tp} does not divide "
+            f"model.ffn_hidden_size={m['ffn_hidden_size']}: use a TP size in "
+            f"{_divisors(m['ffn_hidden_size'])}")
+    if m["num_layers"] % pp:
+        problems.append(
+            f"parallel.pipeline_model_parallel_size={pp} does not divide "
+            f"model.num_layers={m['num_layers']}: use a PP size in {_divisors(m['num_layers'])}")
+    if p["sequence_parallel"] and tp == 1:
+        problems.append(
+            "parallel.sequence_parallel=true needs parallel.tensor_model_parallel_size > 1: "
+            "set sequence_parallel=false or raise TP")
+    if cp > 1 and t["seq_length"] % (2 * cp):
+        problems.append(
+            f"train.seq_length={t['seq_length']} must be divisible by 2 x "
+            f"parallel.context_parallel_size={cp} (load-balanced context parallelism)")
+    if t["seq_length"] > m["max_position_embeddings"]:
+        problems.append(
+            f"train.seq_length={t['seq_length']} exceeds model.max_position_embeddings="
+            f"{m['max_position_embeddings']}: shorten the sequences")
+    if m["params_dtype"] not in _DTYPES:
+        problems.append(f"model.params_dtype={m['params_dtype']!r}: use one of {_DTYPES}")
+    if p["backend"] not in _BACKENDS:
+        problems.append(f"parallel.backend={p['backend']!r}: use one of {_BACKENDS}")
+    if t["optimizer"] not in _OPTIMIZERS:
+        problems.append(f"train.optimizer={t['optimizer']!r}: use one of {_OPTIMIZERS}")
+
+    launcher_world = _launcher_world_size()
+    world = world_size or p["world_size"] or launcher_world
+    if p["world_size"] and launcher_world and p["world_size"] != launcher_world:
+        problems.append(
+            f"parallel.world_size={p['world_size']} but the launcher started {launcher_world} "
+            f"processes (WORLD_SIZE): make them agree (e.g. torchrun --nproc_per_node)")
+    model_parallel = tp * pp * cp
+    if world is not None:
+        if world % model_parallel:
+            problems.append(
+                f"world size {world} is not divisible by parallel.tensor_model_parallel_size x "
+                f"pipeline_model_parallel_size x context_parallel_size = {tp} x {pp} x {cp} = "
+                f"{model_parallel}: launch a multiple of {model_parallel} processes or shrink "
+                f"the layout")
+        else:
+            dp = world // model_parallel
+            step = t["micro_batch_size"] * dp
+            if t["global_batch_size"] % step:
+                problems.append(
+                    f"train.global_batch_size={t['global_batch_size']} is not divisible by "
+                    f"train.micro_batch_size x data-parallel size = {t['micro_batch_size']} x "
+                    f"{dp} = {step}: use a global batch that is a multiple of {step}")
+    if problems:
+        raise ConfigError(problems)
+

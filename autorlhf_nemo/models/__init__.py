@@ -1,0 +1,1 @@
+"""GPTModel construction (TransformerConfig + spec) and model heads."""

@@ -1,0 +1,1 @@
+"""Pure tensor functions (vocab-parallel log-probs, masks); no global state."""

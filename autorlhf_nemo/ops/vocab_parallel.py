@@ -1,0 +1,35 @@
+"""Log-probabilities on vocab-parallel logits, never gathering the full vocabulary.
+
+Logits arrive as this TP rank's slice ``[..., V_pad / tp]``.  Columns at and
+beyond the real vocabulary size are TP padding: they are set to -inf so that
+softmax, log-probs and entropy equal those of the unpadded model.
+"""
+
+from __future__ import annotations
+
+import torch
+from megatron.core import parallel_state
+from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
+
+
+def mask_padded_vocab(logits: torch.Tensor, vocab_size: int, tp_rank: int | None = None) -> torch.Tensor:
+    """Return ``logits`` [..., V_shard] with global columns >= ``vocab_size`` set to -inf."""
+    if tp_rank is None:
+        tp_rank = parallel_state.get_tensor_model_parallel_rank()
+    shard = logits.shape[-1]
+    start = tp_rank * shard
+    if start + shard <= vocab_size:
+        return logits
+    columns = torch.arange(start, start + shard, device=logits.device)
+    return logits.masked_fill(columns >= vocab_size, float("-inf"))
+
+
+def token_log_probs(logits: torch.Tensor, targets: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """log softmax(logits)[target] per position. logits [b, s, V/tp] (this rank's slice),
+    targets [b, s] global token ids -> [b, s] (fp32), identical on every TP rank.
+
+    ``logits`` is left unchanged (Megatron's cross entropy works in place on its input)."""
+    masked = mask_padded_vocab(logits.float(), vocab_size)
+    if masked is logits:
+        masked = masked.clone()
+    return -vocab_parallel_cross_entropy(masked, targets)

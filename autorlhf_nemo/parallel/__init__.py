@@ -1,0 +1,1 @@
+"""Process groups, Megatron parallel state and RNG from config; the CPU layer."""

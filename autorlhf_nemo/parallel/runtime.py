@@ -1,0 +1,140 @@
+"""Start torch.distributed and Megatron's parallel state from a config.
+
+Usage under torchrun (CPU/gloo or GPU/NCCL alike)::
+
+    runtime = initialize(cfg)      # validates the layout first
+    ...                            # runtime.groups holds the process groups
+    shutdown()
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from megatron.core.process_groups_config import ProcessGroupCollection
+from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
+
+from autorlhf_nemo.config.validate import to_container, validate_config
+from autorlhf_nemo.parallel import cpu_compat
+
+
+@dataclass
+class Runtime:
+    """What a rank knows about its place in the layout."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+    backend: str
+    tp_size: int
+    pp_size: int
+    dp_size: int
+    tp_rank: int
+    pp_rank: int
+    dp_rank: int
+    groups: ProcessGroupCollection
+
+    @property
+    def is_first_stage(self) -> bool:
+        return self.pp_rank == 0
+
+    @property
+    def is_last_stage(self) -> bool:
+        return self.pp_rank == self.pp_size - 1
+
+
+def _choose_backend(requested: str) -> str:
+    if requested == "auto":
+        return "nccl" if torch.cuda.is_available() else "gloo"
+    if requested == "nccl" and not torch.cuda.is_available():
+        raise RuntimeError("parallel.backend=nccl needs CUDA; use parallel.backend=gloo or auto on CPU")
+    return requested
+
+
+def _set_launch_env_defaults() -> None:
+    """A plain `python` process is a world of one (torchrun sets these itself)."""
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    if "MASTER_PORT" not in os.environ:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+
+
+def initialize(cfg) -> Runtime:
+    """Validate ``cfg``, start the process group and Megatron's parallel state, seed RNGs.
+
+    The layout is checked before any process group exists, so a bad config
+    fails in every rank at once with the same message.
+    """
+    _set_launch_env_defaults()
+    world_size = int(os.environ["WORLD_SIZE"])
+    validate_config(cfg, world_size=world_size)
+    values = to_container(cfg)
+    par, train = values["parallel"], values["train"]
+
+    backend = _choose_backend(par["backend"])
+    if backend == "nccl":
+        local_rank = int(os.environ["LOCAL_RANK"])
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+        if not torch.cuda.is_available():
+            cpu_compat.enable()
+
+    if not dist.is_initialized():
+        dist.init_process_group(
+            backend=backend,
+            rank=int(os.environ["RANK"]),
+            world_size=world_size,
+            timeout=datetime.timedelta(minutes=par["timeout_minutes"]),
+        )
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=par["tensor_model_parallel_size"],
+        pipeline_model_parallel_size=par["pipeline_model_parallel_size"],
+        context_parallel_size=par["context_parallel_size"],
+    )
+    seed_everything(train["seed"])
+    return Runtime(
+        rank=dist.get_rank(),
+        world_size=world_size,
+        device=device,
+        backend=backend,
+        tp_size=parallel_state.get_tensor_model_parallel_world_size(),
+        pp_size=parallel_state.get_pipeline_model_parallel_world_size(),
+        dp_size=parallel_state.get_data_parallel_world_size(),
+        tp_rank=parallel_state.get_tensor_model_parallel_rank(),
+        pp_rank=parallel_state.get_pipeline_model_parallel_rank(),
+        dp_rank=parallel_state.get_data_parallel_rank(),
+        groups=ProcessGroupCollection.use_mpu_process_groups(),
+    )
+
+
+def seed_everything(seed: int) -> None:
+    """Megatron's seeding: same default stream within a model-parallel group,
+    a distinct tensor-parallel stream per TP rank (for dropout in TP regions)."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    model_parallel_cuda_manual_seed(seed)
+
+
+def shutdown() -> None:
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()

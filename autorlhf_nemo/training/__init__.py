@@ -1,0 +1,1 @@
+"""Megatron training plumbing shared by every algorithm: DDP, optimizer, one step."""

@@ -1,0 +1,123 @@
+"""Wrap a GPTModel for training and run one optimizer step through Megatron's schedules.
+
+Losses are per-token: a micro-batch's loss function returns
+``(loss_sum, num_tokens, report)`` and Megatron divides the accumulated
+gradients by the global token count (all micro-batches, all DP ranks), so the
+update does not depend on micro-batch count or data-parallel size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+from megatron.core.distributed import finalize_model_grads
+from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.pipeline_parallel import get_forward_backward_func
+
+from autorlhf_nemo.config.validate import to_container
+
+
+def wrap_for_training(model, cfg) -> DistributedDataParallel:
+    """Megatron DDP around ``model`` (grad buffers, DP all-reduce or reduce-scatter)."""
+    par = to_container(cfg)["parallel"]
+    ddp_config = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True,
+        overlap_grad_reduce=False,
+        use_distributed_optimizer=par["use_distributed_optimizer"],
+    )
+    ddp = DistributedDataParallel(config=model.config, ddp_config=ddp_config, module=model)
+    model.config.no_sync_func = ddp.no_sync
+    model.config.finalize_model_grads_func = finalize_model_grads
+    return ddp
+
+
+def build_optimizer(ddp_model, cfg):
+    """Megatron optimizer (Adam or SGD; distributed optimizer if configured)."""
+    values = to_container(cfg)
+    t, m, p = values["train"], values["model"], values["parallel"]
+    opt_config = OptimizerConfig(
+        optimizer=t["optimizer"],
+        lr=t["lr"],
+        min_lr=t["min_lr"],
+        weight_decay=t["weight_decay"],
+        adam_beta1=t["adam_beta1"],
+        adam_beta2=t["adam_beta2"],
+        adam_eps=t["adam_eps"],
+        sgd_momentum=0.0,
+        clip_grad=t["clip_grad"],
+        bf16=m["params_dtype"] == "bfloat16",
+        fp16=m["params_dtype"] == "float16",
+        params_dtype=ddp_model.config.params_dtype,
+        use_distributed_optimizer=p["use_distributed_optimizer"],
+    )
+    return get_megatron_optimizer(opt_config, [ddp_model])
+
+
+@dataclass
+class StepResult:
+    """Token-weighted mean of each reported metric over the global batch."""
+
+    metrics: dict[str, float]
+    grad_norm: float | None
+    update_successful: bool
+
+
+def reduce_reports(reports: list[Mapping[str, torch.Tensor]]) -> dict[str, float]:
+    """Sum ``{name: tensor([sum, count])}`` over micro-batches and the DP group,
+    then broadcast from the last pipeline stage; returns ``{name: sum / count}``."""
+    names = sorted(reports[0]) if reports else []
+    if parallel_state.is_pipeline_last_stage():
+        totals = torch.stack([sum(r[n].detach().double() for r in reports) for n in names]) \
+            if names else torch.zeros(0, 2, dtype=torch.float64)
+        dist.all_reduce(totals, group=parallel_state.get_data_parallel_group())
+        payload = [dict(zip(names, totals.tolist()))]
+    else:
+        payload = [None]
+    last = parallel_state.get_pipeline_model_parallel_last_rank()
+    dist.broadcast_object_list(payload, src=last, group=parallel_state.get_pipeline_model_parallel_group())
+    return {n: s / max(c, 1.0) for n, (s, c) in payload[0].items()}
+
+
+def train_step(ddp_model, optimizer, microbatches: Iterable[Any], num_microbatches: int,
+               forward_step: Callable, seq_length: int, micro_batch_size: int) -> StepResult:
+    """One optimizer step over ``num_microbatches`` micro-batches (any PP schedule).
+
+    ``forward_step(batch, model) -> (output, loss_func)`` as in Megatron-LM;
+    ``loss_func(output) -> (loss_sum, num_tokens, {name: tensor([sum, count])})``.
+    """
+    ddp_model.zero_grad_buffer()
+    optimizer.zero_grad()
+    reports = get_forward_backward_func()(
+        forward_step_func=lambda data_iter, model: forward_step(next(data_iter), model),
+        data_iterator=iter(microbatches),
+        model=[ddp_model],
+        num_microbatches=num_microbatches,
+        seq_length=seq_length,
+        micro_batch_size=micro_batch_size,
+        forward_only=False,
+    )
+    update_successful, grad_norm, _ = optimizer.step()
+    return StepResult(reduce_reports(reports), grad_norm, update_successful)
+
+
+@torch.no_grad()
+def forward_only(model, microbatches: Iterable[Any], num_microbatches: int, forward_step: Callable,
+                 seq_length: int, micro_batch_size: int) -> list[Any]:
+    """Run the pipeline forward; returns the last stage's per-micro-batch outputs
+    (whatever ``forward_step``'s loss function returns with ``non_loss_data``),
+    an empty list on other stages."""
+    return get_forward_backward_func()(
+        forward_step_func=lambda data_iter, m: forward_step(next(data_iter), m),
+        data_iterator=iter(microbatches),
+        model=[model],
+        num_microbatches=num_microbatches,
+        seq_length=seq_length,
+        micro_batch_size=micro_batch_size,
+        forward_only=True,
+        collect_non_loss_data=True,
+    )

@@ -1,0 +1,42 @@
+"""autorlhf_nemo: RLHF on Megatron-core (PPO, ILQL, online DPO, RLOO)."""
+
+from setuptools import find_packages, setup
+
+# torch is pinned to the CPU wheel by constraints.txt in `make install`; on GPU
+# clusters the NVIDIA container's own torch satisfies this range.
+INSTALL_REQUIRES = [
+    "torch>=2.4,<2.15",
+    "megatron-core>=0.16,<0.17",
+    "hydra-core>=1.3,<1.4",
+    "omegaconf>=2.3,<2.4",
+    "transformers>=4.45,<6",
+    "safetensors>=0.4",
+    "gguf>=0.10",
+    "accelerate>=0.34",
+    "sentencepiece>=0.2",
+    "numpy>=1.24",
+]
+
+EXTRAS_REQUIRE = {
+    # The algorithm modules are NeMo ModelPT subclasses (kept out of low-level imports).
+    "nemo": ["nemo-toolkit[core]>=2.7,<2.8"],
+    # GPU clusters: fused kernels and the Transformer Engine layer spec. NVIDIA's
+    # NeMo/PyTorch containers ship both (apex is not on PyPI).
+    "gpu": ["transformer-engine[pytorch]>=2.0"],
+    "test": ["pytest>=8"],
+}
+
+setup(
+    name="autorlhf_nemo",
+    version="0.1.0",
+    description="RLHF (PPO, ILQL, online DPO, RLOO) on NVIDIA Megatron-core",
+    python_requires=">=3.10",
+    packages=find_packages(include=["autorlhf_nemo", "autorlhf_nemo.*"]) + ["autorlhf_nemo.conf"],
+    # The Hydra config tree lives at the top level (conf/) and ships inside the
+    # package as autorlhf_nemo.conf, so installed copies find it too.
+    package_dir={"autorlhf_nemo.conf": "conf"},
+    package_data={"autorlhf_nemo.conf": ["*.yaml", "*/*.yaml", "*/*/*.yaml"]},
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+    entry_points={"console_scripts": ["autorlhf-nemo=autorlhf_nemo.__main__:main"]},
+)
