@@ -15,11 +15,12 @@ INSTALL_REQUIRES = [
     "accelerate>=0.34",
     "sentencepiece>=0.2",
     "numpy>=1.24",
+    # The algorithm modules are NeMo ModelPT subclasses; 2.7.x is the last release
+    # with the LLM collection. Imported lazily, never by the low-level modules.
+    "nemo-toolkit[core]>=2.7,<2.8",
 ]
 
 EXTRAS_REQUIRE = {
-    # The algorithm modules are NeMo ModelPT subclasses (kept out of low-level imports).
-    "nemo": ["nemo-toolkit[core]>=2.7,<2.8"],
     # GPU clusters: fused kernels and the Transformer Engine layer spec. NVIDIA's
     # NeMo/PyTorch containers ship both (apex is not on PyPI).
     "gpu": ["transformer-engine[pytorch]>=2.0"],

@@ -113,6 +113,17 @@ def validate_config(cfg: DictConfig | Mapping[str, Any], world_size: Optional[in
             f"parallel.tensor_model_parallel_size={tp} does not divide "
             f"model.ffn_hidden_size={m['ffn_hidden_size']}: use a TP size in "
             f"{_divisors(m['ffn_hidden_size'])}")
+    divisible_by = m["make_vocab_size_divisible_by"]
+    padded_vocab = -(-m["vocab_size"] // divisible_by) * divisible_by if divisible_by > 0 else 0
+    if divisible_by < 1 or padded_vocab % tp:
+        problems.append(
+            f"model.make_vocab_size_divisible_by={divisible_by} pads the vocabulary to "
+            f"{padded_vocab}, which parallel.tensor_model_parallel_size={tp} does not divide: "
+            f"use a multiple of {tp} (e.g. {128 * tp if 128 % tp else 128})")
+    if p["sequence_parallel"] and t["seq_length"] % tp:
+        problems.append(
+            f"train.seq_length={t['seq_length']} is not divisible by "
+            f"parallel.tensor_model_parallel_size={tp}, as sequence parallelism needs")
     if m["num_layers"] % pp:
         problems.append(
             f"parallel.pipeline_model_parallel_size={pp} does not divide "
@@ -135,6 +146,11 @@ def validate_config(cfg: DictConfig | Mapping[str, Any], world_size: Optional[in
         problems.append(f"parallel.backend={p['backend']!r}: use one of {_BACKENDS}")
     if t["optimizer"] not in _OPTIMIZERS:
         problems.append(f"train.optimizer={t['optimizer']!r}: use one of {_OPTIMIZERS}")
+
+    if p["use_distributed_optimizer"] and t["optimizer"] != "adam":
+        problems.append(
+            f"parallel.use_distributed_optimizer=true supports only train.optimizer=adam (got "
+            f"{t['optimizer']!r}): switch to adam or disable the distributed optimizer")
 
     launcher_world = _launcher_world_size()
     world = world_size or p["world_size"] or launcher_world

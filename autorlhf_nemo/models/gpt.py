@@ -40,10 +40,14 @@ def transformer_engine_available() -> bool:
     return True
 
 
-def padded_vocab_size(vocab_size: int, divisible_by: int, tp_size: int) -> int:
-    """Round the vocabulary up so every TP rank holds an equal slice."""
-    multiple = divisible_by * tp_size
-    return -(-vocab_size // multiple) * multiple
+def padded_vocab_size(vocab_size: int, divisible_by: int) -> int:
+    """Round the vocabulary up to a multiple of ``divisible_by``.
+
+    Unlike Megatron-LM (multiple of divisible_by x TP) the padded size does not
+    depend on the layout, so distributed checkpoints reshard across TP sizes;
+    validation requires it to be divisible by TP.
+    """
+    return -(-vocab_size // divisible_by) * divisible_by
 
 
 def transformer_config(cfg: Mapping[str, Any] | Any) -> TransformerConfig:
@@ -114,11 +118,10 @@ def build_model(cfg: Mapping[str, Any] | Any, use_te: bool | None = None) -> GPT
     values = to_container(cfg)
     m = values["model"]
     config = transformer_config(values)
-    tp = values["parallel"]["tensor_model_parallel_size"]
     model = GPTModel(
         config=config,
         transformer_layer_spec=layer_spec(config, use_te),
-        vocab_size=padded_vocab_size(m["vocab_size"], m["make_vocab_size_divisible_by"], tp),
+        vocab_size=padded_vocab_size(m["vocab_size"], m["make_vocab_size_divisible_by"]),
         max_sequence_length=m["max_position_embeddings"],
         pre_process=parallel_state.is_pipeline_first_stage(),
         post_process=parallel_state.is_pipeline_last_stage(),

@@ -18,7 +18,11 @@ from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_regi
 from autorlhf_nemo.checkpoint.dist import load_model, save_model
 from autorlhf_nemo.config.compose import compose_config
 from autorlhf_nemo.config.validate import to_container
-from autorlhf_nemo.convert.hf_llama import gather_hf_state_dict, load_hf_checkpoint
+from autorlhf_nemo.convert.hf_llama import (
+    export_hf_checkpoint,
+    gather_hf_state_dict,
+    load_hf_checkpoint,
+)
 from autorlhf_nemo.models.gpt import build_model
 from autorlhf_nemo.parallel.runtime import initialize, shutdown
 from autorlhf_nemo.training.batching import data_parallel_microbatches
@@ -44,6 +48,7 @@ def main():
     parser.add_argument("--save-dist", help="save a distributed checkpoint of the loaded weights")
     parser.add_argument("--batch", required=True, help="torch file with tokens [n, s+1]")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--export", help="export the loaded weights as an HF checkpoint here")
     parser.add_argument("--no-train", action="store_true")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
@@ -58,6 +63,8 @@ def main():
         load_hf_checkpoint(model, args.hf, values["model"])
     if args.save_dist:
         save_model(model, args.save_dist)
+    if args.export:
+        export_hf_checkpoint(model, values["model"], args.export)
 
     tokens = torch.load(args.batch)
     batch = make_lm_batch(tokens)

@@ -1,0 +1,153 @@
+"""Hydra composition, CLI overrides and layout validation (no process group needed)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from autorlhf_nemo.config import ConfigError, validate_config
+from autorlhf_nemo.config.compose import compose_config
+from autorlhf_nemo.config.validate import to_container
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_defaults_compose_to_typed_tree():
+    cfg = compose_config()
+    assert cfg.model.name == "tiny_llama"
+    assert cfg.parallel.tensor_model_parallel_size == 1
+    assert cfg.train.global_batch_size == 8
+    validate_config(cfg, world_size=1)
+
+
+@pytest.mark.parametrize("group,expected", [
+    ("parallel=tp2", (2, 1, False)),
+    ("parallel=pp2", (1, 2, False)),
+    ("parallel=tp2_pp2", (2, 2, False)),
+    ("parallel=tp2_sp", (2, 1, True)),
+    ("parallel=tp8_pp4", (8, 4, True)),
+    ("parallel=dp2", (1, 1, False)),
+    ("parallel=single", (1, 1, False)),
+])
+def test_parallel_groups(group, expected):
+    p = compose_config([group]).parallel
+    assert (p.tensor_model_parallel_size, p.pipeline_model_parallel_size, p.sequence_parallel) == expected
+
+
+@pytest.mark.parametrize("name,layers,hidden,heads,groups", [
+    ("tiny_llama", 4, 64, 4, 2),
+    ("smollm2_135m", 30, 576, 9, 3),
+    ("llama3_8b", 32, 4096, 32, 8),
+    ("llama3_70b", 80, 8192, 64, 8),
+])
+def test_model_groups(name, layers, hidden, heads, groups):
+    m = compose_config([f"model={name}"]).model
+    assert (m.num_layers, m.hidden_size, m.num_attention_heads, m.num_query_groups) == (
+        layers, hidden, heads, groups)
+
+
+def test_shipped_layouts_validate_with_their_models():
+    validate_config(compose_config(["model=llama3_70b", "parallel=tp8_pp4", "train.global_batch_size=64",
+                                    "train.seq_length=4096"]), world_size=64)
+    validate_config(compose_config(["model=llama3_8b", "parallel=tp2_pp2"]), world_size=8)
+    validate_config(compose_config(["model=smollm2_135m"]), world_size=1)
+
+
+def test_cli_override_on_top_of_group():
+    cfg = compose_config(["parallel=tp2", "parallel.pipeline_model_parallel_size=2",
+                          "train.global_batch_size=16"])
+    assert cfg.parallel.tensor_model_parallel_size == 2
+    assert cfg.parallel.pipeline_model_parallel_size == 2
+    assert cfg.train.global_batch_size == 16
+
+
+def test_type_mismatch_rejected_at_composition():
+    with pytest.raises(Exception, match="tensor_model_parallel_size"):
+        compose_config(["parallel.tensor_model_parallel_size=two"])
+
+
+def test_unknown_key_rejected_at_composition():
+    with pytest.raises(Exception, match="tensor_paralel_size"):
+        compose_config(["parallel.tensor_paralel_size=2"])
+
+
+def test_cli_prints_composed_job_config():
+    out = subprocess.run([sys.executable, "-m", "autorlhf_nemo", "--cfg", "job", "parallel=tp2",
+                          "model=smollm2_135m"], capture_output=True, text=True, cwd=REPO, check=True)
+    assert "tensor_model_parallel_size: 2" in out.stdout
+    assert "name: smollm2_135m" in out.stdout
+    assert "hidden_size: 576" in out.stdout
+
+
+def _bad(overrides, world_size):
+    with pytest.raises(ConfigError) as info:
+        validate_config(compose_config(overrides), world_size=world_size)
+    return str(info.value)
+
+
+# (overrides, world size, fragments every message must contain: the fields and the fix)
+BAD_CONFIGS = [
+    (["parallel.tensor_model_parallel_size=3"], 3,
+     ["tensor_model_parallel_size=3", "num_attention_heads=4", "[1, 2, 4]"]),
+    (["model=smollm2_135m", "parallel=tp2"], 2,
+     ["tensor_model_parallel_size=2", "num_attention_heads=9", "[1, 3, 9]"]),
+    (["parallel.tensor_model_parallel_size=4"], 4,
+     ["tensor_model_parallel_size=4", "num_query_groups=2", "[1, 2]"]),
+    (["parallel.pipeline_model_parallel_size=3"], 3,
+     ["pipeline_model_parallel_size=3", "num_layers=4", "[1, 2, 4]"]),
+    (["parallel=tp2_pp2"], 6,
+     ["world size 6", "2 x 2 x 1 = 4", "multiple of 4"]),
+    (["parallel=tp2"], 3, ["world size 3", "multiple of 2"]),
+    (["parallel.sequence_parallel=true"], 1,
+     ["sequence_parallel=true", "tensor_model_parallel_size > 1"]),
+    (["train.global_batch_size=6", "train.micro_batch_size=4"], 1,
+     ["global_batch_size=6", "micro_batch_size x data-parallel size = 4 x 1 = 4"]),
+    (["train.global_batch_size=6", "train.micro_batch_size=2"], 2,
+     ["global_batch_size=6", "2 x 2 = 4", "multiple of 4"]),
+    (["model.num_query_groups=3"], 1, ["num_query_groups=3", "num_attention_heads=4"]),
+    (["parallel=tp2_sp", "train.seq_length=15", "model.max_position_embeddings=64"], 2,
+     ["seq_length=15", "sequence parallelism"]),
+    (["train.seq_length=512"], 1, ["seq_length=512", "max_position_embeddings=256"]),
+    (["model.params_dtype=float8"], 1, ["params_dtype='float8'", "bfloat16"]),
+    (["parallel.backend=mpi"], 1, ["backend='mpi'", "gloo"]),
+    (["model.make_vocab_size_divisible_by=1", "model.vocab_size=251", "parallel=tp2"], 2,
+     ["make_vocab_size_divisible_by=1", "251", "multiple of 2"]),
+    (["parallel.context_parallel_size=2", "train.seq_length=6", "model.max_position_embeddings=64"], 2,
+     ["seq_length=6", "context_parallel_size=2"]),
+    (["parallel.use_distributed_optimizer=true", "train.optimizer=sgd"], 1,
+     ["use_distributed_optimizer=true", "train.optimizer=adam"]),
+    (["parallel.tensor_model_parallel_size=0"], 1, ["tensor_model_parallel_size=0", ">= 1"]),
+]
+
+
+@pytest.mark.parametrize("overrides,world,fragments", BAD_CONFIGS)
+def test_bad_config_rejected_with_fields_and_fix(overrides, world, fragments):
+    message = _bad(overrides, world)
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} missing from:\n{message}"
+
+
+def test_world_size_disagreeing_with_launcher(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match=r"parallel.world_size=4 but the launcher started 2"):
+        validate_config(compose_config(["parallel.world_size=4"]))
+
+
+def test_every_problem_reported_at_once():
+    with pytest.raises(ConfigError) as info:
+        validate_config(compose_config(["parallel.tensor_model_parallel_size=3",
+                                        "parallel.pipeline_model_parallel_size=3"]), world_size=9)
+    assert len(info.value.problems) >= 3  # heads, query groups, layers
+
+
+def test_unknown_keys_in_plain_dict_rejected():
+    values = to_container(compose_config())
+    values["parallel"]["tensor_parallel"] = 2
+    values["trainer"] = {}
+    with pytest.raises(ConfigError) as info:
+        validate_config(values, world_size=1)
+    message = str(info.value)
+    assert "unknown key 'parallel.tensor_parallel'" in message
+    assert "did you mean tensor_model_parallel_size" in message
+    assert "unknown key 'trainer'" in message
