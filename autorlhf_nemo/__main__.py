@@ -5,10 +5,13 @@
 
 from __future__ import annotations
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
 from autorlhf_nemo.config.compose import conf_dir
+from autorlhf_nemo.config.validate import ConfigError
 from autorlhf_nemo.config.schema import register_configs
 
 register_configs()
@@ -18,7 +21,11 @@ register_configs()
 def main(cfg: DictConfig) -> None:
     from autorlhf_nemo.jobs import run_job
 
-    run_job(cfg)
+    try:
+        run_job(cfg)
+    except ConfigError as error:  # a user error, not a crash: no traceback
+        print(f"autorlhf_nemo: {error}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
