@@ -1,0 +1,272 @@
+"""Autoregressive generation for a Megatron GPTModel at any TP/PP layout.
+
+A small engine around the model's own modules (embedding, decoder layers,
+final norm, output layer), so the weights and the TP collectives are
+Megatron's and the decode loop stays readable:
+
+* prompts are left-padded; position ids count real tokens only;
+* prefill runs the whole prompt once and fills a static KV cache; every
+  decode step feeds one token per sequence (no recomputation of the prefix);
+* with PP, hidden states [s, b, h] go stage to stage by point-to-point send,
+  the last stage samples, and the sampled tokens are broadcast to all stages;
+* sequence parallelism is switched off while decoding and restored after;
+* logits stay vocab-parallel: sampling and log-probs use per-row collectives
+  (see ``sampling.py``).
+
+Every rank of the model-parallel group calls :meth:`Generator.generate` with
+the same prompts; all of them return the same :class:`GenerationOutput`.
+Data-parallel replicas pass their own prompts and draw different random
+streams (the seed is offset by the DP rank).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from megatron.core import parallel_state
+from megatron.core.models.common.embeddings.rope_utils import apply_rotary_pos_emb
+
+from autorlhf_nemo.generation.kv_cache import KVCache
+from autorlhf_nemo.generation.sampling import SamplingParams, VocabParallel, process_logits
+
+_DP_SEED_STRIDE = 1_000_003
+
+
+@dataclass
+class GenerationOutput:
+    """Left-padded prompts and right-padded responses, all [b, ...] on CPU.
+
+    logprobs: log p(token) under the policy's raw logits (no temperature or
+    filtering); processed_logprobs: under the distribution actually sampled from.
+    """
+
+    prompt_ids: torch.Tensor          # [b, P] left-padded
+    prompt_mask: torch.Tensor         # [b, P] 1 = real token
+    response_ids: torch.Tensor        # [b, R] right-padded with pad_token_id
+    response_mask: torch.Tensor       # [b, R] 1 up to and including EOS / stop
+    logprobs: torch.Tensor            # [b, R] fp32, 0 where masked
+    processed_logprobs: torch.Tensor  # [b, R]
+    stop_reasons: list[str]           # "eos" | "stop" | "length" per sequence
+
+    @property
+    def sequences(self) -> torch.Tensor:
+        """[b, P + R] prompt followed by response."""
+        return torch.cat([self.prompt_ids, self.response_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        return torch.cat([self.prompt_mask, self.response_mask], dim=1)
+
+    def responses(self) -> list[list[int]]:
+        return [ids[mask.bool()].tolist() for ids, mask in zip(self.response_ids, self.response_mask)]
+
+
+# Module flags that Megatron derives from config.sequence_parallel at construction.
+_SP_FLAGS = ("sequence_parallel", "reduce_scatter_embeddings")
+
+
+@contextlib.contextmanager
+def sequence_parallel_disabled(model):
+    """Decode steps have one token per sequence: nothing to split along the sequence."""
+    touched = [(m, flag, getattr(m, flag)) for m in model.modules() for flag in _SP_FLAGS
+               if isinstance(getattr(m, flag, None), bool)]
+    configs = {id(m.config): m.config for m in model.modules() if hasattr(m, "config")}
+    saved = {key: cfg.sequence_parallel for key, cfg in configs.items()}
+    try:
+        for m, flag, _ in touched:
+            setattr(m, flag, False)
+        for cfg in configs.values():
+            cfg.sequence_parallel = False
+        yield
+    finally:
+        for m, flag, value in touched:
+            setattr(m, flag, value)
+        for key, cfg in configs.items():
+            cfg.sequence_parallel = saved[key]
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        if len(prompt) == 0:
+            raise ValueError(f"prompt {row} is empty: every prompt needs at least one token")
+        ids[row, width - len(prompt):] = torch.as_tensor(prompt, dtype=torch.long)
+        mask[row, width - len(prompt):] = 1
+    return ids, mask
+
+
+class Generator:
+    """Samples continuations from this rank's GPTModel chunk.
+
+    ``model`` may be wrapped (Megatron DDP); ``tokenizer`` is only needed for
+    string stop sequences.
+    """
+
+    def __init__(self, model, vocab_size: int, pad_token_id: int, tokenizer=None):
+        self.model = model.module if hasattr(model, "module") else model
+        self.config = self.model.config
+        self.vocab_size = vocab_size
+        self.pad_token_id = pad_token_id
+        self.tokenizer = tokenizer
+        self.max_positions = self.model.max_sequence_length
+        self.first_stage = parallel_state.is_pipeline_first_stage()
+        self.last_stage = parallel_state.is_pipeline_last_stage()
+        self.device = next(self.model.parameters()).device
+
+    # ----------------------------------------------------------------- public
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> GenerationOutput:
+        params.validate(max(len(p) for p in prompts), self.max_positions, self.vocab_size)
+        if params.stop_strings and self.tokenizer is None:
+            raise ValueError("stop_strings need a tokenizer: Generator(..., tokenizer=...)")
+        prompt_ids, prompt_mask = left_pad(prompts, self.pad_token_id)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with sequence_parallel_disabled(self.model):
+                return self._generate(prompt_ids, prompt_mask, params)
+        finally:
+            self.model.train(was_training)
+
+    # ----------------------------------------------------------------- loop
+    def _generate(self, prompt_ids, prompt_mask, params: SamplingParams) -> GenerationOutput:
+        b, prompt_len = prompt_ids.shape
+        steps = params.max_new_tokens
+        dev = self.device
+        cache = KVCache(len(self.model.decoder.layers), b, self._local_kv_heads(), prompt_len + steps,
+                        self.config.kv_channels, self.config.params_dtype, dev)
+        key_valid = torch.ones(b, prompt_len + steps, dtype=torch.bool, device=dev)
+        key_valid[:, :prompt_len] = prompt_mask.bool().to(dev)
+        positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0).to(dev)
+        rope = self.model.rotary_pos_emb(self.max_positions)[:, 0, 0]          # [L, d]
+        generator = torch.Generator(device=dev)
+        generator.manual_seed(params.seed * _DP_SEED_STRIDE + parallel_state.get_data_parallel_rank())
+        vp = VocabParallel(parallel_state.get_tensor_model_parallel_group(),
+                           parallel_state.get_tensor_model_parallel_rank() * self._vocab_shard(),
+                           self.vocab_size)
+
+        response = torch.full((b, steps), self.pad_token_id, dtype=torch.long)
+        response_mask = torch.zeros((b, steps), dtype=torch.long)
+        logprobs = torch.zeros((b, steps))
+        processed_logprobs = torch.zeros((b, steps))
+        reasons = ["length"] * b
+        done = torch.zeros(b, dtype=torch.bool)
+
+        logits = self._stage_forward(prompt_ids.to(dev), positions, rope, cache, key_valid)
+        positions = positions[:, -1:]
+        for t in range(steps):
+            step = torch.zeros(b, 4, dtype=torch.float64, device=dev)  # token, done, logp, processed
+            if self.last_stage:
+                tokens_so_far = torch.cat([prompt_ids, response[:, :t]], dim=1).to(dev)
+                raw = vp.mask_padding(logits.float())
+                processed = process_logits(vp, raw, params, tokens_so_far, t)
+                token = vp.argmax(processed) if params.is_greedy else vp.gumbel_argmax(processed, generator)
+                token = torch.where(done.to(dev), torch.full_like(token, self.pad_token_id), token)
+                step[:, 0] = token.double()
+                step[:, 2] = vp.log_softmax_at(raw, token).double()
+                step[:, 3] = vp.log_softmax_at(processed, token).double()
+            self._broadcast_from_last_stage(step)
+            step = step.cpu()
+            token = step[:, 0].long()
+            active = ~done
+            response[:, t] = token
+            response_mask[active, t] = 1
+            logprobs[active, t] = step[active, 2].float()
+            processed_logprobs[active, t] = step[active, 3].float()
+            done = done | self._stopped(response[:, :t + 1], active, t, params, reasons)
+            if bool(done.all()) or t == steps - 1:
+                break
+            positions = positions + 1
+            logits = self._stage_forward(token[:, None].to(dev), positions, rope, cache, key_valid)
+
+        width = int(response_mask.sum(-1).max())
+        return GenerationOutput(prompt_ids, prompt_mask, response[:, :width], response_mask[:, :width],
+                                logprobs[:, :width], processed_logprobs[:, :width], reasons)
+
+    def _stopped(self, response, active, t, params: SamplingParams, reasons) -> torch.Tensor:
+        """Which active rows end at step t (all ranks compute this from the same tokens)."""
+        stopped = torch.zeros(response.shape[0], dtype=torch.bool)
+        if t + 1 < params.min_new_tokens:
+            return stopped
+        for row in torch.nonzero(active).flatten().tolist():
+            tokens = response[row].tolist()
+            if tokens[-1] in params.eos_token_ids:
+                stopped[row], reasons[row] = True, "eos"
+            elif any(len(s) <= len(tokens) and tokens[-len(s):] == list(s) for s in params.stop_token_sequences):
+                stopped[row], reasons[row] = True, "stop"
+            elif params.stop_strings:
+                text = self.tokenizer.decode(tokens)
+                if any(s in text for s in params.stop_strings):
+                    stopped[row], reasons[row] = True, "stop"
+        return stopped
+
+    # ----------------------------------------------------------------- model pieces
+    def _local_kv_heads(self) -> int:
+        return self.config.num_query_groups // parallel_state.get_tensor_model_parallel_world_size()
+
+    def _vocab_shard(self) -> int:
+        return self.model.vocab_size // parallel_state.get_tensor_model_parallel_world_size()
+
+    def _stage_forward(self, input_ids, positions, rope, cache: KVCache, key_valid) -> torch.Tensor | None:
+        """Run this stage's layers on [b, s] new tokens; the last stage returns the
+        vocab-parallel logits of the final position [b, V/tp], others None."""
+        b, s = input_ids.shape
+        if self.first_stage:
+            hidden = self.model.embedding(input_ids=input_ids, position_ids=positions)   # [s, b, h]
+        else:
+            hidden = torch.empty(s, b, self.config.hidden_size, dtype=self.config.params_dtype,
+                                 device=self.device)
+            dist.recv(hidden, src=parallel_state.get_pipeline_model_parallel_prev_rank())
+        freqs = rope[positions.transpose(0, 1)].unsqueeze(2)                             # [s, b, 1, d]
+        mask = self._attention_bias(cache.length, s, key_valid, hidden.dtype)
+        for index, layer in enumerate(self.model.decoder.layers):
+            hidden = self._layer_forward(layer, index, hidden, freqs, mask, cache)
+        cache.advance(s)
+        if not self.last_stage:
+            dist.send(hidden.contiguous(), dst=parallel_state.get_pipeline_model_parallel_next_rank())
+            return None
+        hidden = self.model.decoder.final_layernorm(hidden[-1:])
+        weight = self.model.shared_embedding_or_output_weight() \
+            if self.model.share_embeddings_and_output_weights else None
+        logits, _ = self.model.output_layer(hidden, weight=weight)
+        return logits[0]
+
+    @staticmethod
+    def _attention_bias(past: int, s: int, key_valid, dtype) -> torch.Tensor:
+        """Additive mask [b, 1, s, past+s]: 0 where query i may see key j (j <= past+i and
+        j is not padding), the dtype's minimum elsewhere (no NaN for all-padding rows)."""
+        total = past + s
+        query_pos = torch.arange(past, total, device=key_valid.device)[:, None]
+        key_pos = torch.arange(total, device=key_valid.device)[None, :]
+        allowed = (key_pos <= query_pos)[None] & key_valid[:, None, :total]
+        bias = torch.zeros(allowed.shape, dtype=dtype, device=key_valid.device)
+        return bias.masked_fill(~allowed, torch.finfo(dtype).min).unsqueeze(1)
+
+    def _layer_forward(self, layer, index: int, hidden, freqs, mask, cache: KVCache):
+        """One decoder layer with cached keys/values. hidden [s, b, h]."""
+        attention = layer.self_attention
+        query, key, value = attention.get_query_key_value_tensors(layer.input_layernorm(hidden))[:3]
+        query = apply_rotary_pos_emb(query, freqs, self.config)   # [s, b, heads, d]
+        key = apply_rotary_pos_emb(key, freqs, self.config)       # [s, b, kv_heads, d]
+        keys, values = cache.append(index, key.permute(1, 2, 0, 3), value.permute(1, 2, 0, 3))
+        repeat = query.shape[2] // keys.shape[1]
+        context = F.scaled_dot_product_attention(
+            query.permute(1, 2, 0, 3), keys.repeat_interleave(repeat, dim=1),
+            values.repeat_interleave(repeat, dim=1), attn_mask=mask)                 # [b, heads, s, d]
+        s, b = hidden.shape[:2]
+        out, bias = attention.linear_proj(context.permute(2, 0, 1, 3).reshape(s, b, -1))
+        hidden = hidden + (out if bias is None else out + bias)
+        out, bias = layer.mlp(layer.pre_mlp_layernorm(hidden))
+        return hidden + (out if bias is None else out + bias)
+
+    def _broadcast_from_last_stage(self, tensor: torch.Tensor) -> None:
+        if parallel_state.get_pipeline_model_parallel_world_size() > 1:
+            dist.broadcast(tensor, src=parallel_state.get_pipeline_model_parallel_last_rank(),
+                           group=parallel_state.get_pipeline_model_parallel_group())
