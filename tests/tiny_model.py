@@ -11,10 +11,12 @@ TINY = dict(vocab_size=250, hidden_size=64, intermediate_size=128, num_hidden_la
             rms_norm_eps=1e-5, rope_theta=10000.0)
 
 
-def make_tiny_llama(path: Path, tied: bool = False, seed: int = 0) -> LlamaForCausalLM:
-    """Random weights (norm weights too, so their conversion is exercised)."""
+def make_tiny_llama(path: Path, tied: bool = False, seed: int = 0, std: float = 0.02) -> LlamaForCausalLM:
+    """Random weights (norm weights too, so their conversion is exercised).
+
+    A larger ``std`` gives peakier, less repetitive greedy continuations."""
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(LlamaConfig(**TINY, tie_word_embeddings=tied)).eval()
+    model = LlamaForCausalLM(LlamaConfig(**TINY, tie_word_embeddings=tied, initializer_range=std)).eval()
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "norm" in name:

@@ -167,7 +167,8 @@ class VocabParallel:
         uniform = torch.rand(b, shard * self.world, generator=generator, dtype=torch.float32,
                              device=generator.device)
         uniform = uniform[:, self.vocab_start:self.vocab_start + shard].to(logits.device)
-        gumbel = -torch.log(-torch.log(uniform.clamp_min(1e-20)).clamp_min(1e-20))
+        exponential = (-torch.log(uniform.clamp_min(1e-20))).clamp_min(1e-20)   # Exp(1) > 0
+        gumbel = -torch.log(exponential)
         return self.argmax(logits.float() + gumbel)
 
 

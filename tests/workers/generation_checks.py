@@ -16,6 +16,7 @@ from autorlhf_nemo.config.compose import compose_config
 from autorlhf_nemo.config.validate import to_container
 from autorlhf_nemo.convert.hf_llama import load_hf_checkpoint
 from autorlhf_nemo.generation import Generator, SamplingParams
+from autorlhf_nemo.generation.sampling import VocabParallel
 from autorlhf_nemo.models.gpt import build_model
 from autorlhf_nemo.ops.vocab_parallel import token_log_probs
 from autorlhf_nemo.parallel.runtime import initialize, shutdown
@@ -43,7 +44,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--hf", required=True)
     parser.add_argument("--prompts", required=True, help="JSON list of token-id lists")
-    parser.add_argument("--params", default="{}", help="JSON SamplingParams fields")
+    parser.add_argument("--params", default="[{}]", help="JSON list of SamplingParams fields; one run each")
     parser.add_argument("--out", required=True)
     parser.add_argument("--pad", type=int, default=0)
     parser.add_argument("overrides", nargs="*")
@@ -55,21 +56,65 @@ def main():
     model = build_model(cfg)
     load_hf_checkpoint(model, args.hf, m)
     prompts = json.loads(open(args.prompts).read())
-    params = SamplingParams(**json.loads(args.params))
-    out = Generator(model, m["vocab_size"], args.pad).generate(prompts, params)
-    train_lp = training_logprobs(model, out, m["vocab_size"])
-    holders = [None] * dist.get_world_size()
-    dist.all_gather_object(holders, train_lp if runtime.tp_rank == 0 else None)
-    sp_restored = all(getattr(mod, "sequence_parallel", False) == cfg.parallel.sequence_parallel
-                      for mod in model.modules() if hasattr(mod, "sequence_parallel")
-                      and isinstance(mod.sequence_parallel, bool))
-    responses = [None] * dist.get_world_size()
-    dist.all_gather_object(responses, out.response_ids)
+    generator = Generator(model, m["vocab_size"], args.pad)
+    runs = []
+    for fields in json.loads(args.params):
+        out = generator.generate(prompts, SamplingParams(**fields))
+        train_lp = training_logprobs(model, out, m["vocab_size"])
+        holders = [None] * dist.get_world_size()
+        dist.all_gather_object(holders, (runtime.dp_rank, train_lp) if runtime.tp_rank == 0 else None)
+        outputs = [None] * dist.get_world_size()
+        dist.all_gather_object(outputs, (runtime.dp_rank, out))
+        mine = [o for dp, o in outputs if dp == runtime.dp_rank]
+        runs.append({
+            "output": out,  # DP rank 0's (this is rank 0)
+            "train_logprobs": next(lp for dp, lp in (h for h in holders if h) if dp == 0 and lp is not None),
+            "model_parallel_peers_agree": all(torch.equal(o.response_ids, mine[0].response_ids)
+                                              for o in mine),
+            "dp_responses": [o.response_ids for dp, o in sorted(outputs, key=lambda x: x[0])],
+        })
+    sp_flags = [getattr(mod, f) for mod in model.modules()
+                for f in ("sequence_parallel", "reduce_scatter_embeddings")
+                if isinstance(getattr(mod, f, None), bool)]
+    result = {"runs": runs, "sp_flags_true": any(sp_flags),
+              "sp_flags": sp_flags, "sampling": sampling_checks(m["vocab_size"], model.vocab_size)}
     if dist.get_rank() == 0:
-        torch.save({"output": out, "train_logprobs": next(h for h in holders if h is not None),
-                    "sp_restored": sp_restored,
-                    "all_ranks_agree": all(torch.equal(r, out.response_ids) for r in responses)}, args.out)
+        torch.save(result, args.out)
     shutdown()
+
+
+def sampling_checks(vocab, padded_vocab):
+    """Vocab-parallel top-k / top-p / argmax / log-softmax against the full-vocabulary
+    computation on the same random logits (identical on every rank)."""
+    tp, rank = (parallel_state.get_tensor_model_parallel_world_size(),
+                parallel_state.get_tensor_model_parallel_rank())
+    shard = padded_vocab // tp
+    full = torch.randn(6, padded_vocab, generator=torch.Generator().manual_seed(7)) * 3
+    full[:, vocab:] = float("-inf")
+    vp = VocabParallel(parallel_state.get_tensor_model_parallel_group(), rank * shard, vocab)
+    local = full[:, rank * shard:(rank + 1) * shard]
+    gather = lambda t: torch.cat(all_gather_tp(t), dim=-1)
+    probs = full.softmax(-1)
+    sorted_p, order = probs.sort(-1, descending=True)
+    before = sorted_p.cumsum(-1) - sorted_p
+    keep_sorted = before < 0.8
+    expected_top_p = torch.zeros_like(full, dtype=torch.bool).scatter(-1, order, keep_sorted)
+    kth = full.topk(10, -1).values[:, -1:]
+    tokens = torch.tensor([0, 5, vocab - 1, 17, 3, 9])
+    return {
+        "top_p_match": torch.equal(torch.isfinite(gather(vp.top_p_mask(local, 0.8))), expected_top_p),
+        "top_k_match": torch.equal(torch.isfinite(gather(vp.top_k_mask(local, 10))), full >= kth),
+        "argmax_match": torch.equal(vp.argmax(local), full.argmax(-1)),
+        "log_softmax_err": (vp.log_softmax_at(local, tokens)
+                            - full.log_softmax(-1).gather(-1, tokens[:, None])[:, 0]).abs().max().item(),
+    }
+
+
+def all_gather_tp(t):
+    group = parallel_state.get_tensor_model_parallel_group()
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(parts, t.contiguous(), group=group)
+    return parts
 
 
 if __name__ == "__main__":
