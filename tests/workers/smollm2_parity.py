@@ -14,6 +14,8 @@ from autorlhf_nemo.config.compose import compose_config
 from autorlhf_nemo.config.validate import to_container
 from autorlhf_nemo.convert import resolve_hf_checkpoint
 from autorlhf_nemo.convert.hf_llama import load_hf_checkpoint
+from autorlhf_nemo.generation import Generator, SamplingParams
+from autorlhf_nemo.generation.engine import left_pad
 from autorlhf_nemo.models.gpt import build_model
 from autorlhf_nemo.parallel.runtime import initialize, shutdown
 from autorlhf_nemo.training.lm import causal_attention_mask
@@ -29,6 +31,30 @@ def megatron_logits(model, ids: torch.Tensor, vocab: int) -> torch.Tensor:
     mask = causal_attention_mask(torch.ones_like(ids))
     positions = torch.arange(ids.shape[1]).unsqueeze(0)
     return model(ids, positions, mask)[..., :vocab].float()
+
+
+def batched_generation(model, hf, tokenizer, vocab):
+    """32 greedy tokens for chat prompts of different lengths in one left-padded batch,
+    with the KV-cache engine and with transformers' generate; then a stop string."""
+    chats = [[{"role": "user", "content": p}] for p in PROMPTS + ["Hi"]]
+    prompts = [tokenizer.apply_chat_template(c, add_generation_prompt=True) for c in chats]
+    generator = Generator(model, vocab, tokenizer.pad_token_id, tokenizer=tokenizer)
+    eos = tokenizer.eos_token_id
+    ours = generator.generate(prompts, SamplingParams(max_new_tokens=32, greedy=True, eos_token_ids=[eos]))
+    ids, mask = left_pad(prompts, tokenizer.pad_token_id)
+    with torch.no_grad():
+        theirs = hf.generate(ids, attention_mask=mask, max_new_tokens=32, do_sample=False,
+                             eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)[:, ids.shape[1]:]
+    stopped = generator.generate(prompts, SamplingParams(max_new_tokens=32, greedy=True,
+                                                         eos_token_ids=[eos], stop_strings=[","]))
+    return {
+        "prompt_lengths": [len(p) for p in prompts],
+        "ours": ours.responses(), "ours_reasons": ours.stop_reasons,
+        "theirs": theirs.tolist(),
+        "stopped_texts": [tokenizer.decode(r) for r in stopped.responses()],
+        "stopped_reasons": stopped.stop_reasons,
+        "full_texts": [tokenizer.decode(r) for r in ours.responses()],
+    }
 
 
 def main():
@@ -70,7 +96,9 @@ def main():
                         return_tensors="pt").input_ids
         logp = torch.log_softmax(megatron_logits(model, ids, m["vocab_size"])[0, :-1], -1)
         english_nll = -logp.gather(-1, ids[0, 1:, None]).mean().item()
-    torch.save({"prompts": records, "english_nll": english_nll}, args.out)
+    result = {"prompts": records, "english_nll": english_nll}
+    result.update(batched_generation(model, hf, tokenizer, m["vocab_size"]))
+    torch.save(result, args.out)
     shutdown()
 
 
