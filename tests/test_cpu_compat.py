@@ -92,3 +92,11 @@ def test_layer_is_only_imported_by_the_runtime():
                          cwd=str(__import__("pathlib").Path(__file__).parents[1]))
     users = sorted(p for p in out.stdout.split() if not p.endswith(".pyc"))
     assert users == ["autorlhf_nemo/parallel/cpu_compat.py", "autorlhf_nemo/parallel/runtime.py"]
+
+
+def test_suspended_lifts_the_mode_and_restores_it(layer):
+    with cpu_compat.suspended():
+        with pytest.raises((RuntimeError, AssertionError)):
+            torch.empty(1, device="cuda")
+        assert torch.ones(2).type() == "torch.FloatTensor"
+    assert torch.empty(1, device="cuda").device.type == "cpu"

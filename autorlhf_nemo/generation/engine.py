@@ -29,10 +29,12 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from megatron.core import parallel_state
-from megatron.core.models.common.embeddings.rope_utils import apply_rotary_pos_emb
+
+from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 
 from autorlhf_nemo.generation.kv_cache import KVCache
 from autorlhf_nemo.generation.sampling import SamplingParams, VocabParallel, process_logits
+from autorlhf_nemo.parallel.runtime import native_torch
 
 _DP_SEED_STRIDE = 1_000_003
 
@@ -130,13 +132,16 @@ class Generator:
         was_training = self.model.training
         self.model.eval()
         try:
-            with sequence_parallel_disabled(self.model):
-                return self._generate(prompt_ids, prompt_mask, params)
+            # Megatron's rotary module allocates on "the CUDA device": built outside native_torch.
+            freqs = self.model.rotary_pos_emb(self.max_positions)[:, 0, 0]     # [L, d] (incl. scaling)
+            rope = (freqs.cos(), freqs.sin())
+            with sequence_parallel_disabled(self.model), native_torch():
+                return self._generate(prompt_ids, prompt_mask, params, rope)
         finally:
             self.model.train(was_training)
 
     # ----------------------------------------------------------------- loop
-    def _generate(self, prompt_ids, prompt_mask, params: SamplingParams) -> GenerationOutput:
+    def _generate(self, prompt_ids, prompt_mask, params: SamplingParams, rope) -> GenerationOutput:
         b, prompt_len = prompt_ids.shape
         steps = params.max_new_tokens
         dev = self.device
@@ -145,7 +150,6 @@ class Generator:
         key_valid = torch.ones(b, prompt_len + steps, dtype=torch.bool, device=dev)
         key_valid[:, :prompt_len] = prompt_mask.bool().to(dev)
         positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0).to(dev)
-        rope = self.model.rotary_pos_emb(self.max_positions)[:, 0, 0]          # [L, d]
         generator = torch.Generator(device=dev)
         generator.manual_seed(params.seed * _DP_SEED_STRIDE + parallel_state.get_data_parallel_rank())
         vp = VocabParallel(parallel_state.get_tensor_model_parallel_group(),
@@ -224,10 +228,10 @@ class Generator:
             hidden = torch.empty(s, b, self.config.hidden_size, dtype=self.config.params_dtype,
                                  device=self.device)
             dist.recv(hidden, src=parallel_state.get_pipeline_model_parallel_prev_rank())
-        freqs = rope[positions.transpose(0, 1)].unsqueeze(2)                             # [s, b, 1, d]
-        mask = self._attention_bias(cache.length, s, key_valid, hidden.dtype)
+        cos, sin = (table[positions.transpose(0, 1)].unsqueeze(2).to(hidden.dtype) for table in rope)
+        mask = self._attention_bias(cache.length, s, key_valid, torch.float32)
         for index, layer in enumerate(self.model.decoder.layers):
-            hidden = self._layer_forward(layer, index, hidden, freqs, mask, cache)
+            hidden = self._layer_forward(layer, index, hidden, (cos, sin), mask, cache)
         cache.advance(s)
         if not self.last_stage:
             dist.send(hidden.contiguous(), dst=parallel_state.get_pipeline_model_parallel_next_rank())
@@ -249,22 +253,58 @@ class Generator:
         bias = torch.zeros(allowed.shape, dtype=dtype, device=key_valid.device)
         return bias.masked_fill(~allowed, torch.finfo(dtype).min).unsqueeze(1)
 
-    def _layer_forward(self, layer, index: int, hidden, freqs, mask, cache: KVCache):
-        """One decoder layer with cached keys/values. hidden [s, b, h]."""
-        attention = layer.self_attention
-        query, key, value = attention.get_query_key_value_tensors(layer.input_layernorm(hidden))[:3]
-        query = apply_rotary_pos_emb(query, freqs, self.config)   # [s, b, heads, d]
-        key = apply_rotary_pos_emb(key, freqs, self.config)       # [s, b, kv_heads, d]
-        keys, values = cache.append(index, key.permute(1, 2, 0, 3), value.permute(1, 2, 0, 3))
-        repeat = query.shape[2] // keys.shape[1]
-        context = F.scaled_dot_product_attention(
-            query.permute(1, 2, 0, 3), keys.repeat_interleave(repeat, dim=1),
-            values.repeat_interleave(repeat, dim=1), attn_mask=mask)                 # [b, heads, s, d]
+    @staticmethod
+    def _rotate(x, cos, sin):
+        """Rotary embedding, Megatron's non-interleaved form: x cos + rotate_half(x) sin."""
+        x1, x2 = x.chunk(2, dim=-1)
+        return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+    def _linear(self, module, x):
+        """y = module(x) for inference. Megatron's local TP linears are called through
+        their weights (no autograd Function, no SP branches): column-parallel gives
+        this rank's output slice, row-parallel is all-reduced over the TP group.
+        Other implementations (Transformer Engine, with fused norms) are called as modules."""
+        if type(module) is ColumnParallelLinear and not module.gather_output:
+            out, bias = F.linear(x, module.weight), module.bias
+        elif type(module) is RowParallelLinear and module.input_is_parallel:
+            out, bias = F.linear(x, module.weight), module.bias
+            if parallel_state.get_tensor_model_parallel_world_size() > 1:
+                dist.all_reduce(out, group=parallel_state.get_tensor_model_parallel_group())
+        else:
+            out, bias = module(x)
+        return out if bias is None else out + bias
+
+    def _layer_forward(self, layer, index: int, hidden, rope, mask, cache: KVCache):
+        """One decoder layer with cached keys/values. hidden [s, b, h].
+
+        Fused QKV rows are grouped per KV head: [q (heads/groups x d); k (d); v (d)]."""
         s, b = hidden.shape[:2]
-        out, bias = attention.linear_proj(context.permute(2, 0, 1, 3).reshape(s, b, -1))
-        hidden = hidden + (out if bias is None else out + bias)
-        out, bias = layer.mlp(layer.pre_mlp_layernorm(hidden))
-        return hidden + (out if bias is None else out + bias)
+        d = self.config.kv_channels
+        groups = self._local_kv_heads()
+        mixed = self._linear(layer.self_attention.linear_qkv, layer.input_layernorm(hidden))
+        mixed = mixed.view(s, b, groups, -1)
+        per_group = mixed.shape[-1] // d - 2
+        query, key, value = mixed.split([per_group * d, d, d], dim=-1)
+        query = self._rotate(query.reshape(s, b, groups * per_group, d), *rope)   # [s, b, heads, d]
+        key = self._rotate(key, *rope)                                             # [s, b, groups, d]
+        keys, values = cache.append(index, key.permute(1, 2, 0, 3), value.permute(1, 2, 0, 3))
+        context = self._attention(query.permute(1, 2, 0, 3), keys, values, mask)    # [b, heads, s, d]
+        out = self._linear(layer.self_attention.linear_proj, context.permute(2, 0, 1, 3).reshape(s, b, -1))
+        hidden = hidden + out
+        gate, up = self._linear(layer.mlp.linear_fc1, layer.pre_mlp_layernorm(hidden)).chunk(2, dim=-1)
+        return hidden + self._linear(layer.mlp.linear_fc2, F.silu(gate) * up)
+
+    @staticmethod
+    def _attention(query, keys, values, mask):
+        """softmax(q k^T / sqrt(d) + mask) v with grouped-query attention, without
+        repeating keys: query [b, heads, s, d], keys/values [b, groups, L, d]."""
+        b, heads, s, d = query.shape
+        groups = keys.shape[1]
+        q = query.reshape(b, groups, heads // groups * s, d)
+        scores = torch.matmul(q, keys.transpose(-1, -2)).float() * d ** -0.5     # [b, g, heads/g*s, L]
+        scores = scores.view(b, groups, heads // groups, s, -1) + mask.unsqueeze(1)
+        probs = scores.softmax(dim=-1).to(values.dtype).view(b, groups, heads // groups * s, -1)
+        return torch.matmul(probs, values).view(b, heads, s, d)
 
     def _broadcast_from_last_stage(self, tensor: torch.Tensor) -> None:
         if parallel_state.get_pipeline_model_parallel_world_size() > 1:

@@ -21,6 +21,8 @@ runs on NCCL.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch.overrides import TorchFunctionMode
 
@@ -107,6 +109,8 @@ class CudaToCpuMode(TorchFunctionMode):
     """
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
+        if not kwargs and func not in _NEEDS_CARE:  # the common case: nothing to rewrite
+            return func(*args)
         kwargs = dict(kwargs or {})
         if func is torch.Tensor.cuda:
             return args[0]
@@ -117,6 +121,9 @@ class CudaToCpuMode(TorchFunctionMode):
         if func is torch.Tensor.to:
             args = tuple(_CPU if _is_cuda_device(a) else a for a in args)
         return func(*args, **kwargs)
+
+
+_NEEDS_CARE = {torch.Tensor.cuda, torch.Tensor.type, torch.Tensor.to}
 
 
 def is_enabled() -> bool:
@@ -142,6 +149,18 @@ def enable() -> None:
         setattr(owner, name, cpu_version)
     _ACTIVE_MODE = CudaToCpuMode()
     _ACTIVE_MODE.__enter__()
+
+
+@contextlib.contextmanager
+def suspended():
+    """Run a block without the mode's per-operation cost (a Python call per torch
+    op). Only for code that never names a CUDA device, e.g. a decode loop that
+    allocates on the model's own device."""
+    if _ACTIVE_MODE is None:
+        yield
+        return
+    with torch.overrides._pop_mode_temporarily():
+        yield
 
 
 def disable() -> None:

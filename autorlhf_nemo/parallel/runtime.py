@@ -133,6 +133,12 @@ def seed_everything(seed: int) -> None:
     model_parallel_cuda_manual_seed(seed)
 
 
+def native_torch():
+    """Context for hot loops that never name a CUDA device: on a CPU-only machine
+    the CPU layer's per-op interception is lifted inside it; on GPUs a no-op."""
+    return cpu_compat.suspended()
+
+
 def shutdown() -> None:
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()

@@ -1,0 +1,104 @@
+"""Generation throughput: this engine vs transformers' generate (KV cache on).
+
+Same model (SmolLM2-135M-Instruct, in fp32 and in bf16 for both), same 8
+chat prompts of different lengths, same thread count, greedy, EOS ignored so
+every run produces exactly ``new_tokens`` per sequence. Prints tokens/s side
+by side and the ratio. transformers runs first, before the runtime starts, so
+it is timed without the CPU compatibility layer that Megatron needs here.
+
+    .venv/bin/python bench/generation.py [--threads 2] [--repeats 3] [--dtypes float32 bfloat16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+PROMPTS = [
+    "What is the capital of France?",
+    "Write one sentence about the ocean.",
+    "List three prime numbers.",
+    "Hi",
+    "Explain in simple words why the sky looks blue during the day.",
+    "Give me a short tip for learning to cook.",
+    "What is 12 times 7?",
+    "Describe a cat to someone who has never seen one, in two sentences.",
+]
+
+
+def timed(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--new-tokens", type=int, nargs="+", default=[32, 128])
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from autorlhf_nemo.config.compose import compose_config
+    from autorlhf_nemo.config.validate import to_container
+    from autorlhf_nemo.convert import resolve_hf_checkpoint
+    from autorlhf_nemo.convert.hf_llama import load_hf_checkpoint
+    from autorlhf_nemo.generation import Generator, SamplingParams
+    from autorlhf_nemo.generation.engine import left_pad
+    from autorlhf_nemo.models.gpt import build_model
+    from autorlhf_nemo.parallel.runtime import initialize, shutdown
+
+    path = resolve_hf_checkpoint("smollm2-135m-instruct")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True)
+               for p in PROMPTS]
+    ids, mask = left_pad(prompts, tokenizer.pad_token_id)
+    tokens = {new: len(prompts) * new for new in args.new_tokens}
+
+    baseline = {}  # (dtype, new) -> tokens/s
+    for dtype in args.dtypes:
+        hf = LlamaForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).eval()
+        for new in args.new_tokens:
+            def theirs():
+                with torch.no_grad():
+                    out = hf.generate(ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
+                                      do_sample=False, pad_token_id=tokenizer.pad_token_id)
+                assert out.shape[1] == ids.shape[1] + new
+            baseline[dtype, new] = tokens[new] / timed(theirs, args.repeats)
+        del hf
+
+    print(f"SmolLM2-135M-Instruct, batch {len(prompts)}, prompt lengths "
+          f"{min(map(len, prompts))}-{max(map(len, prompts))}, greedy, {torch.get_num_threads()} threads")
+    print(f"{'dtype':>8} | {'new tokens':>10} | {'autorlhf_nemo tok/s':>19} | {'transformers tok/s':>18} | "
+          f"{'ratio':>5}")
+    initialize(compose_config(["model=smollm2_135m"]))
+    for dtype in args.dtypes:
+        cfg = compose_config(["model=smollm2_135m", f"model.params_dtype={dtype}"])
+        m = to_container(cfg)["model"]
+        model = build_model(cfg).eval()
+        load_hf_checkpoint(model, path, m)
+        engine = Generator(model, m["vocab_size"], tokenizer.pad_token_id)
+        for new in args.new_tokens:
+            def ours():
+                out = engine.generate(prompts, SamplingParams(max_new_tokens=new, greedy=True))
+                assert out.response_ids.shape[1] == new
+            ours_tps = tokens[new] / timed(ours, args.repeats)
+            theirs_tps = baseline[dtype, new]
+            print(f"{dtype:>8} | {new:>10} | {ours_tps:>19.1f} | {theirs_tps:>18.1f} | "
+                  f"{ours_tps / theirs_tps:>5.2f}", flush=True)
+    shutdown()
+
+
+if __name__ == "__main__":
+    main()
