@@ -49,6 +49,7 @@ class Generations:
                 {"max_new_tokens": NEW, "greedy": True, "eos_token_ids": [eos],
                  "min_new_tokens": eos_step + 3},
                 {"max_new_tokens": NEW, "greedy": True, "stop_token_sequences": [stop_seq]},
+                {"max_new_tokens": NEW, "greedy": True, "ban_tokens": [greedy[0][0], greedy[2][0]]},
             ],
         }
 
@@ -161,6 +162,20 @@ def test_stop_token_sequence(gens):
     assert out.response_ids[1, :5].tolist() == gens.hf_greedy[1, :5].tolist()
     assert out.response_mask[1].sum().item() == 5
     assert out.responses()[1][-2:] == gens.plans["stop_seq"]
+
+
+def test_logits_processor_runs_on_vocab_parallel_logits(gens):
+    banned = [gens.hf_greedy[0, 0].item(), gens.hf_greedy[2, 0].item()]
+    for layout in ("tp1", "tp2"):
+        run = _run(gens, layout)["runs"][7]
+        out = run["output"]
+        assert not any(t in banned for t in out.response_ids.flatten().tolist()), layout
+        assert out.response_ids[0, 0].item() != banned[0]
+        # The processed distribution excludes the banned tokens; the raw policy log-probs
+        # still equal the training forward pass.
+        assert (out.logprobs - run["train_logprobs"]).abs().max().item() <= 1e-4
+    assert torch.equal(_run(gens, "tp1")["runs"][7]["output"].response_ids,
+                       _run(gens, "tp2")["runs"][7]["output"].response_ids)
 
 
 @pytest.mark.parametrize("fields,message", [

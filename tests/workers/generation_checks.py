@@ -59,6 +59,9 @@ def main():
     generator = Generator(model, m["vocab_size"], args.pad)
     runs = []
     for fields in json.loads(args.params):
+        banned = fields.pop("ban_tokens", [])
+        if banned:
+            fields["logits_processors"] = [ban_tokens(banned)]
         out = generator.generate(prompts, SamplingParams(**fields))
         train_lp = training_logprobs(model, out, m["vocab_size"])
         holders = [None] * dist.get_world_size()
@@ -81,6 +84,19 @@ def main():
     if dist.get_rank() == 0:
         torch.save(result, args.out)
     shutdown()
+
+
+def ban_tokens(token_ids):
+    """A user logits processor on vocab-parallel logits: -inf for ``token_ids``
+    on whichever TP rank owns them."""
+
+    def processor(logits, vocab_start, tokens_so_far):
+        local = [t - vocab_start for t in token_ids if 0 <= t - vocab_start < logits.shape[-1]]
+        logits = logits.clone()
+        logits[:, local] = float("-inf")
+        return logits
+
+    return processor
 
 
 def sampling_checks(vocab, padded_vocab):
