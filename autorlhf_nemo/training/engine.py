@@ -92,15 +92,8 @@ def train_step(ddp_model, optimizer, microbatches: Iterable[Any], num_microbatch
     """
     ddp_model.zero_grad_buffer()
     optimizer.zero_grad()
-    reports = get_forward_backward_func()(
-        forward_step_func=lambda data_iter, model: forward_step(next(data_iter), model),
-        data_iterator=iter(microbatches),
-        model=[ddp_model],
-        num_microbatches=num_microbatches,
-        seq_length=seq_length,
-        micro_batch_size=micro_batch_size,
-        forward_only=False,
-    )
+    reports = _run_schedule(ddp_model, microbatches, num_microbatches, forward_step, seq_length,
+                            micro_batch_size, forward_only=False)
     update_successful, grad_norm, _ = optimizer.step()
     return StepResult(reduce_reports(reports), grad_norm, update_successful)
 
@@ -111,6 +104,13 @@ def forward_only(model, microbatches: Iterable[Any], num_microbatches: int, forw
     """Run the pipeline forward; returns the last stage's per-micro-batch outputs
     (whatever ``forward_step``'s loss function returns with ``non_loss_data``),
     an empty list on other stages."""
+    return _run_schedule(model, microbatches, num_microbatches, forward_step, seq_length,
+                         micro_batch_size, forward_only=True)
+
+
+def _run_schedule(model, microbatches, num_microbatches, forward_step, seq_length, micro_batch_size,
+                  forward_only: bool):
+    """Megatron's pipeline schedule for this layout (no pipelining, 1F1B, ...)."""
     return get_forward_backward_func()(
         forward_step_func=lambda data_iter, m: forward_step(next(data_iter), m),
         data_iterator=iter(microbatches),
@@ -118,6 +118,6 @@ def forward_only(model, microbatches: Iterable[Any], num_microbatches: int, forw
         num_microbatches=num_microbatches,
         seq_length=seq_length,
         micro_batch_size=micro_batch_size,
-        forward_only=True,
-        collect_non_loss_data=True,
+        forward_only=forward_only,
+        collect_non_loss_data=forward_only,
     )

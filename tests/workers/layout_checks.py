@@ -36,7 +36,8 @@ def gather_over_dp(rows: torch.Tensor | None) -> torch.Tensor | None:
     dist.all_gather_object(parts, rows)
     if dist.get_rank() != 0:
         return None
-    # Ranks are ordered TP fastest, then DP... collect in DP order from unique holders.
+    # One holder per DP rank (last stage, TP rank 0); Megatron's rank order puts
+    # DP outside TP, so global-rank order is DP order.
     holders = [p for p in parts if p is not None]
     return torch.cat(holders, dim=0)
 
