@@ -175,7 +175,7 @@ class Generator:
                 token = torch.where(done.to(dev), torch.full_like(token, self.pad_token_id), token)
                 step[:, 0] = token.double()
                 step[:, 2] = vp.log_softmax_at(raw, token).double()
-                step[:, 3] = vp.log_softmax_at(processed, token).double()
+                step[:, 3] = step[:, 2] if processed is raw else vp.log_softmax_at(processed, token).double()
             self._broadcast_from_last_stage(step)
             step = step.cpu()
             token = step[:, 0].long()
@@ -197,7 +197,8 @@ class Generator:
     def _stopped(self, response, active, t, params: SamplingParams, reasons) -> torch.Tensor:
         """Which active rows end at step t (all ranks compute this from the same tokens)."""
         stopped = torch.zeros(response.shape[0], dtype=torch.bool)
-        if t + 1 < params.min_new_tokens:
+        has_criteria = params.eos_token_ids or params.stop_token_sequences or params.stop_strings
+        if t + 1 < params.min_new_tokens or not has_criteria:
             return stopped
         for row in torch.nonzero(active).flatten().tolist():
             tokens = response[row].tolist()

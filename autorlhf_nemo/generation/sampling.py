@@ -174,7 +174,8 @@ class VocabParallel:
 
 def process_logits(vp: VocabParallel, raw: torch.Tensor, params: SamplingParams, tokens: torch.Tensor,
                    step: int) -> torch.Tensor:
-    """Processed vocab-parallel logits [b, V/tp] (fp32) for sampling step ``step``."""
+    """Processed vocab-parallel logits [b, V/tp] (fp32) for sampling step ``step``;
+    ``raw`` itself when nothing applies (greedy without processors or min_new_tokens)."""
     logits = raw
     for processor in params.logits_processors:
         logits = processor(logits, vp.vocab_start, tokens)
