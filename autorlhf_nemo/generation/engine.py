@@ -175,7 +175,8 @@ class Generator:
                 token = torch.where(done.to(dev), torch.full_like(token, self.pad_token_id), token)
                 step[:, 0] = token.double()
                 step[:, 2] = vp.log_softmax_at(raw, token).double()
-                step[:, 3] = step[:, 2] if processed is raw else vp.log_softmax_at(processed, token).double()
+                step[:, 3] = vp.log_softmax_at(processed, token).double() \
+                    if params.changes_logits(t) else step[:, 2]
             self._broadcast_from_last_stage(step)
             step = step.cpu()
             token = step[:, 0].long()

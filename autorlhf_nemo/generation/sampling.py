@@ -40,6 +40,12 @@ class SamplingParams:
     def is_greedy(self) -> bool:
         return self.greedy or self.temperature == 0.0
 
+    def changes_logits(self, step: int) -> bool:
+        """Whether step ``step`` samples from anything but the raw distribution. The
+        same on every TP rank (it decides which collectives run)."""
+        suppress_eos = step < self.min_new_tokens and len(self.eos_token_ids) > 0
+        return bool(self.logits_processors) or suppress_eos or not self.is_greedy
+
     def validate(self, prompt_length: int, max_positions: int, vocab_size: int) -> None:
         """Reject bad parameters before any work, naming the field and the fix."""
         problems = []
@@ -174,8 +180,7 @@ class VocabParallel:
 
 def process_logits(vp: VocabParallel, raw: torch.Tensor, params: SamplingParams, tokens: torch.Tensor,
                    step: int) -> torch.Tensor:
-    """Processed vocab-parallel logits [b, V/tp] (fp32) for sampling step ``step``;
-    ``raw`` itself when nothing applies (greedy without processors or min_new_tokens)."""
+    """Processed vocab-parallel logits [b, V/tp] (fp32) for sampling step ``step``."""
     logits = raw
     for processor in params.logits_processors:
         logits = processor(logits, vp.vocab_start, tokens)
