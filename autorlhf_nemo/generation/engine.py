@@ -166,25 +166,26 @@ class Generator:
         logits = self._stage_forward(prompt_ids.to(dev), positions, rope, cache, key_valid)
         positions = positions[:, -1:]
         for t in range(steps):
-            step = torch.zeros(b, 4, dtype=torch.float64, device=dev)  # token, done, logp, processed
+            step = torch.zeros(b, 3, dtype=torch.float64, device=dev)  # token, logp, processed logp
             if self.last_stage:
-                tokens_so_far = torch.cat([prompt_ids, response[:, :t]], dim=1).to(dev)
+                tokens_so_far = torch.cat([prompt_ids, response[:, :t]], dim=1).to(dev) \
+                    if params.logits_processors else None
                 raw = vp.mask_padding(logits.float())
                 processed = process_logits(vp, raw, params, tokens_so_far, t)
                 token = vp.argmax(processed) if params.is_greedy else vp.gumbel_argmax(processed, generator)
                 token = torch.where(done.to(dev), torch.full_like(token, self.pad_token_id), token)
                 step[:, 0] = token.double()
-                step[:, 2] = vp.log_softmax_at(raw, token).double()
-                step[:, 3] = vp.log_softmax_at(processed, token).double() \
-                    if params.changes_logits(t) else step[:, 2]
+                step[:, 1] = vp.log_softmax_at(raw, token).double()
+                step[:, 2] = vp.log_softmax_at(processed, token).double() \
+                    if params.changes_logits(t) else step[:, 1]
             self._broadcast_from_last_stage(step)
             step = step.cpu()
             token = step[:, 0].long()
             active = ~done
             response[:, t] = token
             response_mask[active, t] = 1
-            logprobs[active, t] = step[active, 2].float()
-            processed_logprobs[active, t] = step[active, 3].float()
+            logprobs[active, t] = step[active, 1].float()
+            processed_logprobs[active, t] = step[active, 2].float()
             done = done | self._stopped(response[:, :t + 1], active, t, params, reasons)
             if bool(done.all()) or t == steps - 1:
                 break
