@@ -73,9 +73,9 @@ def test_vocab_padding_is_layout_independent_and_masked():
     assert padded_vocab_size(250, 16) == 256
     assert padded_vocab_size(49152, 128) == 49152
     logits = torch.zeros(2, 3, 128)  # TP rank 1 of 2 for a 250-token vocab padded to 256
-    masked = mask_padded_vocab(logits, 250, tp_rank=1)
+    masked = mask_padded_vocab(logits, 250, vocab_start=128)
     assert torch.isinf(masked[..., 122:]).all() and torch.isfinite(masked[..., :122]).all()
-    assert mask_padded_vocab(logits, 250, tp_rank=0) is logits
+    assert mask_padded_vocab(logits, 250, vocab_start=0) is logits
 
 
 def test_causal_mask_with_left_padding():

@@ -14,6 +14,8 @@ from typing import Callable, Sequence
 import torch
 import torch.distributed as dist
 
+from autorlhf_nemo.ops.vocab_parallel import mask_padded_vocab
+
 NEG_INF = float("-inf")
 
 # processor(logits [b, V/tp], vocab_start, tokens_so_far [b, t]) -> logits [b, V/tp]
@@ -96,11 +98,7 @@ class VocabParallel:
         return torch.cat(parts, dim=-1)
 
     def mask_padding(self, logits: torch.Tensor) -> torch.Tensor:
-        end = self.vocab_start + logits.shape[-1]
-        if end <= self.vocab_size:
-            return logits
-        cols = torch.arange(self.vocab_start, end, device=logits.device)
-        return logits.masked_fill(cols >= self.vocab_size, NEG_INF)
+        return mask_padded_vocab(logits, self.vocab_size, self.vocab_start)
 
     def log_softmax_at(self, logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """log softmax(logits)[b, tokens[b]] over the full vocabulary. [b, V/tp], [b] -> [b]."""

@@ -12,15 +12,16 @@ from megatron.core import parallel_state
 from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 
 
-def mask_padded_vocab(logits: torch.Tensor, vocab_size: int, tp_rank: int | None = None) -> torch.Tensor:
-    """Return ``logits`` [..., V_shard] with global columns >= ``vocab_size`` set to -inf."""
-    if tp_rank is None:
-        tp_rank = parallel_state.get_tensor_model_parallel_rank()
+def mask_padded_vocab(logits: torch.Tensor, vocab_size: int, vocab_start: int | None = None) -> torch.Tensor:
+    """Return ``logits`` [..., V_shard] with global columns >= ``vocab_size`` set to -inf.
+
+    ``vocab_start``: global index of this shard's first column (default: TP rank x shard)."""
     shard = logits.shape[-1]
-    start = tp_rank * shard
-    if start + shard <= vocab_size:
+    if vocab_start is None:
+        vocab_start = parallel_state.get_tensor_model_parallel_rank() * shard
+    if vocab_start + shard <= vocab_size:
         return logits
-    columns = torch.arange(start, start + shard, device=logits.device)
+    columns = torch.arange(vocab_start, vocab_start + shard, device=logits.device)
     return logits.masked_fill(columns >= vocab_size, float("-inf"))
 
 
