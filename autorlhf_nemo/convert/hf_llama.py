@@ -266,6 +266,12 @@ def hf_state_dict_of_stage(model, model_cfg: Mapping[str, Any]) -> dict[str, tor
     return out
 
 
+def _is_stage_writer() -> bool:
+    """One rank per pipeline stage holds the stage's tensors for output: DP 0, TP 0."""
+    return (parallel_state.get_data_parallel_rank() == 0
+            and parallel_state.get_tensor_model_parallel_rank() == 0)
+
+
 def gather_hf_state_dict(model, model_cfg: Mapping[str, Any]) -> dict[str, torch.Tensor] | None:
     """The whole model as an HF state dict on global rank 0 (None elsewhere).
 
@@ -273,8 +279,7 @@ def gather_hf_state_dict(model, model_cfg: Mapping[str, Any]) -> dict[str, torch
     use :func:`export_hf_checkpoint`, which writes one shard per stage).
     """
     stage = hf_state_dict_of_stage(model, model_cfg)
-    is_writer = (parallel_state.get_data_parallel_rank() == 0
-                 and parallel_state.get_tensor_model_parallel_rank() == 0)
+    is_writer = _is_stage_writer()
     stages = [None] * dist.get_world_size()
     dist.all_gather_object(stages, stage if is_writer else None)
     if dist.get_rank() != 0:
@@ -297,8 +302,7 @@ def export_hf_checkpoint(model, model_cfg: Mapping[str, Any], out_dir: str | Pat
     pp_rank = parallel_state.get_pipeline_model_parallel_rank()
     pp_size = parallel_state.get_pipeline_model_parallel_world_size()
     stage = hf_state_dict_of_stage(model, model_cfg)
-    is_writer = (parallel_state.get_data_parallel_rank() == 0
-                 and parallel_state.get_tensor_model_parallel_rank() == 0)
+    is_writer = _is_stage_writer()
     file = "model.safetensors" if pp_size == 1 else f"model-{pp_rank + 1:05d}-of-{pp_size:05d}.safetensors"
     if is_writer:
         out.mkdir(parents=True, exist_ok=True)

@@ -121,6 +121,10 @@ class Generator:
         self.first_stage = parallel_state.is_pipeline_first_stage()
         self.last_stage = parallel_state.is_pipeline_last_stage()
         self.device = next(self.model.parameters()).device
+        # Rotary cos/sin for every position, once (Megatron's rotary module allocates on
+        # "the CUDA device", so this stays outside native_torch).
+        freqs = self.model.rotary_pos_emb(self.max_positions)[:, 0, 0]        # [L, d] (incl. scaling)
+        self.rope = (freqs.cos(), freqs.sin())
 
     # ----------------------------------------------------------------- public
     @torch.no_grad()
@@ -132,11 +136,8 @@ class Generator:
         was_training = self.model.training
         self.model.eval()
         try:
-            # Megatron's rotary module allocates on "the CUDA device": built outside native_torch.
-            freqs = self.model.rotary_pos_emb(self.max_positions)[:, 0, 0]     # [L, d] (incl. scaling)
-            rope = (freqs.cos(), freqs.sin())
             with sequence_parallel_disabled(self.model), native_torch():
-                return self._generate(prompt_ids, prompt_mask, params, rope)
+                return self._generate(prompt_ids, prompt_mask, params, self.rope)
         finally:
             self.model.train(was_training)
 

@@ -116,12 +116,7 @@ class VocabParallel:
         """Global argmax per row (lowest index on ties, as torch.argmax). [b, V/tp] -> [b]."""
         values, idx = logits.max(dim=-1)
         pairs = torch.stack([values.double(), (idx + self.vocab_start).double()], dim=-1)  # [b, 2]
-        if self.world > 1:
-            gathered = [torch.empty_like(pairs) for _ in range(self.world)]
-            dist.all_gather(gathered, pairs, group=self.group)
-            pairs = torch.stack(gathered, dim=1)                                     # [b, tp, 2]
-        else:
-            pairs = pairs[:, None]
+        pairs = self._all_gather_cat(pairs).view(-1, self.world, 2)                  # [b, tp, 2]
         best = pairs[..., 0].max(dim=-1, keepdim=True).values
         ties = torch.where(pairs[..., 0] == best, pairs[..., 1], torch.full_like(pairs[..., 1], float("inf")))
         return ties.min(dim=-1).values.long()
