@@ -5,7 +5,7 @@ from setuptools import find_packages, setup
 # torch is pinned to the CPU wheel by constraints.txt in `make install`; on GPU
 # clusters the NVIDIA container's own torch satisfies this range.
 INSTALL_REQUIRES = [
-    "torch>=2.4,<2.15",
+    "torch>=2.5,<2.15",
     "megatron-core>=0.16,<0.17",
     "hydra-core>=1.3,<1.4",
     "omegaconf>=2.3,<2.4",

@@ -3,8 +3,10 @@
 Same model (SmolLM2-135M-Instruct, in fp32 and in bf16 for both), same 8
 chat prompts of different lengths, same thread count, greedy, EOS ignored so
 every run produces exactly ``new_tokens`` per sequence. Prints tokens/s side
-by side and the ratio. transformers runs first, before the runtime starts, so
-it is timed without the CPU compatibility layer that Megatron needs here.
+by side and the ratio. The two engines run in turns (theirs, ours, theirs,
+...) and each figure is the median of its turns, so a shared machine whose
+speed drifts during the run slows both alike. transformers runs inside
+``native_torch()``, without the CPU compatibility layer that Megatron needs.
 
     .venv/bin/python bench/generation.py [--threads 2] [--repeats 3] [--dtypes float32 bfloat16]
 """
@@ -29,14 +31,17 @@ PROMPTS = [
 ]
 
 
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def interleaved(fns: dict, repeats: int) -> dict:
+    """Median seconds of each callable, run in turns after one warm-up each."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main():
@@ -57,7 +62,7 @@ def main():
     from autorlhf_nemo.generation import Generator, SamplingParams
     from autorlhf_nemo.generation.engine import left_pad
     from autorlhf_nemo.models.gpt import build_model
-    from autorlhf_nemo.parallel.runtime import initialize, shutdown
+    from autorlhf_nemo.parallel.runtime import initialize, native_torch, shutdown
 
     path = resolve_hf_checkpoint("smollm2-135m-instruct")
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -66,37 +71,35 @@ def main():
     ids, mask = left_pad(prompts, tokenizer.pad_token_id)
     tokens = {new: len(prompts) * new for new in args.new_tokens}
 
-    baseline = {}  # (dtype, new) -> tokens/s
-    for dtype in args.dtypes:
-        hf = LlamaForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).eval()
-        for new in args.new_tokens:
-            def theirs():
-                with torch.no_grad():
-                    out = hf.generate(ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
-                                      do_sample=False, pad_token_id=tokenizer.pad_token_id)
-                assert out.shape[1] == ids.shape[1] + new
-            baseline[dtype, new] = tokens[new] / timed(theirs, args.repeats)
-        del hf
-
     print(f"SmolLM2-135M-Instruct, batch {len(prompts)}, prompt lengths "
-          f"{min(map(len, prompts))}-{max(map(len, prompts))}, greedy, {torch.get_num_threads()} threads")
+          f"{min(map(len, prompts))}-{max(map(len, prompts))}, greedy, {torch.get_num_threads()} threads, "
+          f"median of {args.repeats} interleaved runs")
     print(f"{'dtype':>8} | {'new tokens':>10} | {'autorlhf_nemo tok/s':>19} | {'transformers tok/s':>18} | "
           f"{'ratio':>5}")
     initialize(compose_config(["model=smollm2_135m"]))
     for dtype in args.dtypes:
+        hf = LlamaForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).eval()
         cfg = compose_config(["model=smollm2_135m", f"model.params_dtype={dtype}"])
         m = to_container(cfg)["model"]
         model = build_model(cfg).eval()
         load_hf_checkpoint(model, path, m)
         engine = Generator(model, m["vocab_size"], tokenizer.pad_token_id)
         for new in args.new_tokens:
+            def theirs():
+                with torch.no_grad(), native_torch():
+                    out = hf.generate(ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
+                                      do_sample=False, pad_token_id=tokenizer.pad_token_id)
+                assert out.shape[1] == ids.shape[1] + new
+
             def ours():
                 out = engine.generate(prompts, SamplingParams(max_new_tokens=new, greedy=True))
                 assert out.response_ids.shape[1] == new
-            ours_tps = tokens[new] / timed(ours, args.repeats)
-            theirs_tps = baseline[dtype, new]
+
+            seconds = interleaved({"theirs": theirs, "ours": ours}, args.repeats)
+            ours_tps, theirs_tps = tokens[new] / seconds["ours"], tokens[new] / seconds["theirs"]
             print(f"{dtype:>8} | {new:>10} | {ours_tps:>19.1f} | {theirs_tps:>18.1f} | "
                   f"{ours_tps / theirs_tps:>5.2f}", flush=True)
+        del hf, model, engine
     shutdown()
 
 

@@ -96,6 +96,29 @@ def test_logprobs_equal_training_forward(gens, layout):
         assert (out.logprobs[out.response_mask == 0] == 0).all()
 
 
+@pytest.mark.parametrize("layout", ["tp1", "tp2_pp2"])
+def test_both_matmul_forms_generate_alike(gens, layout):
+    """CPU decodes with (W x^T)^T, GPUs with F.linear: same tokens, log-probs to rounding."""
+    result = _run(gens, layout)
+    assert result["default_weight_first"]  # this machine is CPU-only
+    for run, other in zip(result["runs"][:2], result["other_form"]):
+        assert torch.equal(other.response_ids, run["output"].response_ids)
+        assert (other.logprobs - run["output"].logprobs).abs().max().item() <= 1e-5
+    assert not result["inference_tensors"]  # outputs are ordinary tensors, usable in autograd
+
+
+def test_weight_first_linear_equals_f_linear():
+    from autorlhf_nemo.generation import matmul
+
+    torch.manual_seed(0)
+    weight = torch.randn(96, 40)
+    for shape in [(1, 8, 40), (3, 5, 40), (200, 40)]:  # decode-sized and prefill-sized inputs
+        x = torch.randn(shape)
+        out = matmul.linear(x, weight, weight_first=True)
+        assert out.shape == (*shape[:-1], 96)
+        torch.testing.assert_close(out, torch.nn.functional.linear(x, weight), rtol=1e-5, atol=1e-5)
+
+
 def test_processed_logprobs_describe_the_sampled_distribution(gens):
     sampled = _run(gens, "tp1")["runs"][1]["output"]
     greedy = _run(gens, "tp1")["runs"][0]["output"]

@@ -22,6 +22,7 @@ streams (the seed is offset by the DP rank).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -34,6 +35,8 @@ from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinea
 
 from autorlhf_nemo.generation.kv_cache import KVCache
 from autorlhf_nemo.generation.sampling import SamplingParams, VocabParallel, process_logits
+from autorlhf_nemo.generation import matmul
+from autorlhf_nemo.models.norm import RMSNorm
 from autorlhf_nemo.parallel.runtime import native_torch
 
 _DP_SEED_STRIDE = 1_000_003
@@ -63,6 +66,10 @@ class GenerationOutput:
     @property
     def attention_mask(self) -> torch.Tensor:
         return torch.cat([self.prompt_mask, self.response_mask], dim=1)
+
+    def cloned(self) -> "GenerationOutput":
+        return dataclasses.replace(self, **{f.name: getattr(self, f.name).clone()
+                                            for f in dataclasses.fields(self) if f.name != "stop_reasons"})
 
     def responses(self) -> list[list[int]]:
         return [ids[mask.bool()].tolist() for ids, mask in zip(self.response_ids, self.response_mask)]
@@ -108,10 +115,12 @@ class Generator:
     """Samples continuations from this rank's GPTModel chunk.
 
     ``model`` may be wrapped (Megatron DDP); ``tokenizer`` is only needed for
-    string stop sequences.
+    string stop sequences. ``weight_first`` picks the matmul form (default: by
+    device, see ``matmul.py``).
     """
 
-    def __init__(self, model, vocab_size: int, pad_token_id: int, tokenizer=None):
+    def __init__(self, model, vocab_size: int, pad_token_id: int, tokenizer=None,
+                 weight_first: bool | None = None):
         self.model = model.module if hasattr(model, "module") else model
         self.config = self.model.config
         self.vocab_size = vocab_size
@@ -121,10 +130,14 @@ class Generator:
         self.first_stage = parallel_state.is_pipeline_first_stage()
         self.last_stage = parallel_state.is_pipeline_last_stage()
         self.device = next(self.model.parameters()).device
+        self.weight_first = matmul.weight_first_for(self.device) if weight_first is None else weight_first
         # Rotary cos/sin for every position, once (Megatron's rotary module allocates on
         # "the CUDA device", so this stays outside native_torch).
         freqs = self.model.rotary_pos_emb(self.max_positions)[:, 0, 0]        # [L, d] (incl. scaling)
-        self.rope = (freqs.cos(), freqs.sin())
+        # rotate_half(x) * sin == roll(x, d/2) * [-sin_1, sin_2]: keep sin with that sign.
+        half = freqs.shape[-1] // 2
+        sin = freqs.sin()
+        self.rope = (freqs.cos(), torch.cat([-sin[:, :half], sin[:, half:]], dim=-1))
 
     # ----------------------------------------------------------------- public
     @torch.no_grad()
@@ -136,8 +149,10 @@ class Generator:
         was_training = self.model.training
         self.model.eval()
         try:
-            with sequence_parallel_disabled(self.model), native_torch():
-                return self._generate(prompt_ids, prompt_mask, params, self.rope)
+            # inference_mode: cheaper per-op dispatch than no_grad (decode runs ~1000 small ops a step)
+            with sequence_parallel_disabled(self.model), native_torch(), torch.inference_mode():
+                out = self._generate(prompt_ids, prompt_mask, params, self.rope)
+            return out.cloned()  # ordinary tensors: learners may modify them in place or use them in autograd
         finally:
             self.model.train(was_training)
 
@@ -232,19 +247,21 @@ class Generator:
             hidden = torch.empty(s, b, self.config.hidden_size, dtype=self.config.params_dtype,
                                  device=self.device)
             dist.recv(hidden, src=parallel_state.get_pipeline_model_parallel_prev_rank())
-        cos, sin = (table[positions.transpose(0, 1)].unsqueeze(2).to(hidden.dtype) for table in rope)
-        mask = self._attention_bias(cache.length, s, key_valid, torch.float32)
+        cos, sin = (table[positions.transpose(0, 1)][:, :, None, None].to(hidden.dtype) for table in rope)  # [s, b, 1, 1, d]
+        mask = self._attention_bias(cache.length, s, key_valid, hidden.dtype)
         for index, layer in enumerate(self.model.decoder.layers):
             hidden = self._layer_forward(layer, index, hidden, (cos, sin), mask, cache)
         cache.advance(s)
         if not self.last_stage:
             dist.send(hidden.contiguous(), dst=parallel_state.get_pipeline_model_parallel_next_rank())
             return None
-        hidden = self.model.decoder.final_layernorm(hidden[-1:])
-        weight = self.model.shared_embedding_or_output_weight() \
-            if self.model.share_embeddings_and_output_weights else None
-        logits, _ = self.model.output_layer(hidden, weight=weight)
-        return logits[0]
+        hidden = self._norm(self.model.decoder.final_layernorm, hidden[-1:])
+        return self._linear(self.model.output_layer, hidden, weight=self._output_weight())[0]
+
+    def _output_weight(self):
+        if self.model.share_embeddings_and_output_weights:
+            return self.model.shared_embedding_or_output_weight()
+        return self.model.output_layer.weight
 
     @staticmethod
     def _attention_bias(past: int, s: int, key_valid, dtype) -> torch.Tensor:
@@ -258,57 +275,65 @@ class Generator:
         return bias.masked_fill(~allowed, torch.finfo(dtype).min).unsqueeze(1)
 
     @staticmethod
-    def _rotate(x, cos, sin):
-        """Rotary embedding, Megatron's non-interleaved form: x cos + rotate_half(x) sin."""
-        x1, x2 = x.chunk(2, dim=-1)
-        return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+    def _rotate(x, cos, signed_sin):
+        """Rotary embedding, Megatron's non-interleaved form: x cos + rotate_half(x) sin,
+        with rotate_half(x) sin = roll(x, d/2) signed_sin (see ``__init__``)."""
+        return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), signed_sin)
 
-    def _linear(self, module, x):
+    def _linear(self, module, x, weight=None):
         """y = module(x) for inference. Megatron's local TP linears are called through
         their weights (no autograd Function, no SP branches): column-parallel gives
         this rank's output slice, row-parallel is all-reduced over the TP group.
-        Other implementations (Transformer Engine, with fused norms) are called as modules."""
+        Other implementations (Transformer Engine, with fused norms) are called as modules.
+        ``weight`` overrides the module's own (tied output layer)."""
         if type(module) is ColumnParallelLinear and not module.gather_output:
-            out, bias = F.linear(x, module.weight), module.bias
+            out, bias = matmul.linear(x, module.weight if weight is None else weight, self.weight_first), module.bias
         elif type(module) is RowParallelLinear and module.input_is_parallel:
-            out, bias = F.linear(x, module.weight), module.bias
+            out, bias = matmul.linear(x, module.weight, self.weight_first), module.bias
             if parallel_state.get_tensor_model_parallel_world_size() > 1:
+                out = out.contiguous()
                 dist.all_reduce(out, group=parallel_state.get_tensor_model_parallel_group())
         else:
-            out, bias = module(x)
+            out, bias = module(x) if weight is None else module(x, weight=weight)
         return out if bias is None else out + bias
+
+    @staticmethod
+    def _norm(module, x):
+        """Our RMSNorm through the fused ``F.rms_norm`` (same formula, reduced in fp32
+        also for bf16 inputs, one kernel instead of seven); other norms (Transformer
+        Engine) as modules."""
+        if type(module) is RMSNorm:
+            return F.rms_norm(x, x.shape[-1:], module.weight.to(x.dtype), module.eps)
+        return module(x)
 
     def _layer_forward(self, layer, index: int, hidden, rope, mask, cache: KVCache):
         """One decoder layer with cached keys/values. hidden [s, b, h].
 
-        Fused QKV rows are grouped per KV head: [q (heads/groups x d); k (d); v (d)]."""
+        Fused QKV rows are grouped per KV head: [q (heads/groups x d); k (d); v (d)],
+        so queries and keys are rotated together in one pass."""
         s, b = hidden.shape[:2]
         d = self.config.kv_channels
         groups = self._local_kv_heads()
-        mixed = self._linear(layer.self_attention.linear_qkv, layer.input_layernorm(hidden))
-        mixed = mixed.view(s, b, groups, -1)
-        per_group = mixed.shape[-1] // d - 2
-        query, key, value = mixed.split([per_group * d, d, d], dim=-1)
-        query = self._rotate(query.reshape(s, b, groups * per_group, d), *rope)   # [s, b, heads, d]
-        key = self._rotate(key, *rope)                                             # [s, b, groups, d]
+        mixed = self._linear(layer.self_attention.linear_qkv, self._norm(layer.input_layernorm, hidden))
+        mixed = mixed.reshape(s, b, groups, -1, d)                                  # [s, b, g, heads/g + 2, d]
+        per_group = mixed.shape[3] - 2
+        rotated = self._rotate(mixed[:, :, :, :per_group + 1], *rope)               # queries and keys
+        query = rotated[:, :, :, :per_group].reshape(s, b, groups * per_group, d)   # [s, b, heads, d]
+        key, value = rotated[:, :, :, per_group], mixed[:, :, :, per_group + 1]     # [s, b, g, d]
         keys, values = cache.append(index, key.permute(1, 2, 0, 3), value.permute(1, 2, 0, 3))
         context = self._attention(query.permute(1, 2, 0, 3), keys, values, mask)    # [b, heads, s, d]
         out = self._linear(layer.self_attention.linear_proj, context.permute(2, 0, 1, 3).reshape(s, b, -1))
         hidden = hidden + out
-        gate, up = self._linear(layer.mlp.linear_fc1, layer.pre_mlp_layernorm(hidden)).chunk(2, dim=-1)
+        gate, up = self._linear(layer.mlp.linear_fc1, self._norm(layer.pre_mlp_layernorm, hidden)).chunk(2, dim=-1)
         return hidden + self._linear(layer.mlp.linear_fc2, F.silu(gate) * up)
 
     @staticmethod
-    def _attention(query, keys, values, mask):
-        """softmax(q k^T / sqrt(d) + mask) v with grouped-query attention, without
-        repeating keys: query [b, heads, s, d], keys/values [b, groups, L, d]."""
-        b, heads, s, d = query.shape
-        groups = keys.shape[1]
-        q = query.reshape(b, groups, heads // groups * s, d)
-        scores = torch.matmul(q, keys.transpose(-1, -2)).float() * d ** -0.5     # [b, g, heads/g*s, L]
-        scores = scores.view(b, groups, heads // groups, s, -1) + mask.unsqueeze(1)
-        probs = scores.softmax(dim=-1).to(values.dtype).view(b, groups, heads // groups * s, -1)
-        return torch.matmul(probs, values).view(b, heads, s, d)
+    def _attention(query, keys, values, bias):
+        """softmax(q k^T / sqrt(d) + bias) v with grouped-query attention (keys are
+        not repeated): query [b, heads, s, d], keys/values [b, groups, L, d],
+        bias [b, 1, s, L] in the query's dtype."""
+        return F.scaled_dot_product_attention(query, keys, values, attn_mask=bias,
+                                              enable_gqa=keys.shape[1] != query.shape[1])
 
     def _broadcast_from_last_stage(self, tensor: torch.Tensor) -> None:
         if parallel_state.get_pipeline_model_parallel_world_size() > 1:

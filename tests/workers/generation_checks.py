@@ -76,10 +76,17 @@ def main():
                                               for o in mine),
             "dp_responses": [o.response_ids for dp, o in sorted(outputs, key=lambda x: x[0])],
         })
+    # The other matmul form (F.linear, what GPUs use) on the greedy and first sampled runs.
+    linear_form = Generator(model, m["vocab_size"], args.pad, weight_first=False)
+    other_form = [linear_form.generate(prompts, SamplingParams(**fields))
+                  for fields in json.loads(args.params)[:2]]
     sp_flags = [getattr(mod, f) for mod in model.modules()
                 for f in ("sequence_parallel", "reduce_scatter_embeddings")
                 if isinstance(getattr(mod, f, None), bool)]
-    result = {"runs": runs, "sp_flags_true": any(sp_flags),
+    result = {"runs": runs, "sp_flags_true": any(sp_flags), "other_form": other_form,
+              "default_weight_first": generator.weight_first,
+              "inference_tensors": any(t.is_inference() for t in vars(runs[0]["output"]).values()
+                                       if isinstance(t, torch.Tensor)),
               "sp_flags": sp_flags, "sampling": sampling_checks(m["vocab_size"], model.vocab_size)}
     if dist.get_rank() == 0:
         torch.save(result, args.out)
