@@ -1,0 +1,1 @@
+"""RLHF algorithms: each a config, a loss and a model module."""

@@ -1,0 +1,1 @@
+"""Tasks: prompts, reward functions and metrics."""
