@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 from megatron.core import parallel_state
-from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
+from megatron.core.tensor_parallel import reduce_from_tensor_model_parallel_region, vocab_parallel_cross_entropy
 
 
 def mask_padded_vocab(logits: torch.Tensor, vocab_size: int, vocab_start: int | None = None) -> torch.Tensor:
@@ -34,3 +34,24 @@ def token_log_probs(logits: torch.Tensor, targets: torch.Tensor, vocab_size: int
     if masked is logits:
         masked = masked.clone()
     return -vocab_parallel_cross_entropy(masked, targets)
+
+
+def entropy(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Entropy of softmax(logits) per position, differentiable, from vocab-parallel
+    logits [..., V/tp] -> [...] (fp32), identical on every TP rank:
+
+        H = log Z - sum_v p_v z_v,   Z = sum_v exp(z_v - m), z_v shifted by the global max m
+
+    Only per-row sums cross TP ranks (all-reduce forward, identity backward, as
+    every TP rank computes the same loss)."""
+    z = mask_padded_vocab(logits.float(), vocab_size)
+    group = parallel_state.get_tensor_model_parallel_group()
+    with torch.no_grad():
+        row_max = z.max(dim=-1, keepdim=True).values
+        if parallel_state.get_tensor_model_parallel_world_size() > 1:
+            torch.distributed.all_reduce(row_max, op=torch.distributed.ReduceOp.MAX, group=group)
+    shifted = z - row_max
+    exp = shifted.exp()                                                  # 0 at padding columns
+    weighted = exp * torch.where(torch.isfinite(shifted), shifted, torch.zeros_like(shifted))
+    sums = reduce_from_tensor_model_parallel_region(torch.stack([exp.sum(-1), weighted.sum(-1)]))
+    return sums[0].log() - sums[1] / sums[0]

@@ -1,0 +1,56 @@
+"""Policy with a value head: a GPTModel chunk plus, on the last pipeline stage,
+a tensor-parallel ValueHead reading the final-norm hidden states.
+
+    forward(tokens, position_ids, attention_mask)
+        not last stage: hidden states [s, b, H] (sent on by Megatron's schedule)
+        last stage:     (logits [b, s, V/tp], values [b, s] fp32)
+
+Megatron's DDP, optimizer and schedules see one module, so the head's
+parameters are trained, all-reduced and checkpointed with the trunk's.
+"""
+
+from __future__ import annotations
+
+import torch
+from megatron.core.transformer.module import MegatronModule
+
+from autorlhf_nemo.models.heads import ValueHead
+
+
+class PolicyValueModel(MegatronModule):
+    def __init__(self, gpt, value_head_seed: int = 0):
+        super().__init__(gpt.config)
+        self.gpt = gpt
+        self.model_type = gpt.model_type  # read by Megatron's schedules
+        self.value_head = ValueHead(gpt.config, seed=value_head_seed) if gpt.post_process else None
+
+    def set_input_tensor(self, input_tensor) -> None:
+        self.gpt.set_input_tensor(input_tensor)
+
+    # What Megatron's finalize_model_grads reads from the model it unwraps (tied embeddings).
+    @property
+    def pre_process(self) -> bool:
+        return self.gpt.pre_process
+
+    @property
+    def post_process(self) -> bool:
+        return self.gpt.post_process
+
+    @property
+    def share_embeddings_and_output_weights(self) -> bool:
+        return self.gpt.share_embeddings_and_output_weights
+
+    def shared_embedding_or_output_weight(self):
+        return self.gpt.shared_embedding_or_output_weight()
+
+    def forward(self, tokens, position_ids, attention_mask):
+        if self.value_head is None:
+            return self.gpt(tokens, position_ids, attention_mask)
+        captured = []
+        hook = self.gpt.decoder.register_forward_hook(lambda module, args, output: captured.append(output))
+        try:
+            logits = self.gpt(tokens, position_ids, attention_mask)
+        finally:
+            hook.remove()
+        values = self.value_head(captured[0])[..., 0]          # [s, b]
+        return logits, values.transpose(0, 1).contiguous()

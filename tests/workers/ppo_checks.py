@@ -1,0 +1,107 @@
+"""Three PPO optimizer steps on fixed experience at one layout (launched by
+tests/test_ppo_step.py under torchrun); rank 0 saves the metrics of each step.
+
+The experience is the same global batch at every layout: 8 prompts and
+responses of different lengths, sequence scores -1..1, the reference equal to
+the initial policy (so the KL penalty must be exactly 0), GAE and advantages
+whitened over the DP group. Old log-probs and values come from a forward pass
+of the policy-value model at this layout, as in a real PPO rollout.
+"""
+
+import argparse
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+
+from autorlhf_nemo.algorithms.ppo.shaping import kl_penalized_rewards
+from autorlhf_nemo.algorithms.ppo.step import make_ppo_batch, ppo_forward_step
+from autorlhf_nemo.config.compose import compose_config
+from autorlhf_nemo.config.validate import to_container
+from autorlhf_nemo.convert.hf_llama import load_hf_checkpoint
+from autorlhf_nemo.generation.engine import left_pad
+from autorlhf_nemo.models.gpt import build_model
+from autorlhf_nemo.models.policy import PolicyValueModel
+from autorlhf_nemo.ops.advantages import gae
+from autorlhf_nemo.ops.masked import masked_whiten
+from autorlhf_nemo.ops.vocab_parallel import token_log_probs
+from autorlhf_nemo.parallel.runtime import initialize, shutdown
+from autorlhf_nemo.training.batching import data_parallel_microbatches
+from autorlhf_nemo.training.engine import build_optimizer, forward_only, train_step, wrap_for_training
+
+N, MICRO = 8, 2
+
+
+def fixed_experience(vocab):
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(1, vocab, (int(n),), generator=g).tolist()
+               for n in torch.randint(2, 7, (N,), generator=g)]
+    lengths = torch.randint(3, 9, (N,), generator=g)
+    prompt_ids, prompt_mask = left_pad(prompts, 0)
+    response_ids = torch.randint(1, vocab, (N, int(lengths.max())), generator=g)
+    response_mask = (torch.arange(response_ids.shape[1])[None] < lengths[:, None]).long()
+    return prompt_ids, prompt_mask, response_ids * response_mask, response_mask
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--hf", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+    cfg = compose_config(args.overrides)
+    runtime = initialize(cfg)
+    m = to_container(cfg)["model"]
+    vocab = m["vocab_size"]
+    gpt = build_model(cfg)
+    load_hf_checkpoint(gpt, args.hf, m)
+    model = PolicyValueModel(gpt, value_head_seed=7)
+    ddp = wrap_for_training(model, cfg)
+    optimizer = build_optimizer(ddp, cfg)
+
+    per_rank = N // runtime.dp_size
+    rows = slice(runtime.dp_rank * per_rank, (runtime.dp_rank + 1) * per_rank)
+    prompt_ids, prompt_mask, response_ids, response_mask = (t[rows] for t in fixed_experience(vocab))
+    prompt_len, resp_len = prompt_ids.shape[1], response_ids.shape[1]
+    multiple = runtime.tp_size if cfg.parallel.sequence_parallel else 1
+    seq = prompt_len + resp_len - 1
+    seq += -seq % multiple
+
+    # Rollout-time log-probs and values of the response tokens.
+    def score_step(batch, model):
+        output = model(batch["tokens"], batch["position_ids"], batch["attention_mask"])
+        return output, lambda out, non_loss_data=False: (token_log_probs(out[0], batch["labels"], vocab), out[1])
+
+    plain = make_ppo_batch(prompt_ids, prompt_mask, response_ids, response_mask, multiple)
+    outputs = forward_only(ddp, data_parallel_microbatches(plain, 0, 1, MICRO), per_rank // MICRO,
+                           score_step, seq, MICRO)
+    result = {}
+    if parallel_state.is_pipeline_last_stage():
+        response = slice(prompt_len - 1, prompt_len - 1 + resp_len)
+        logprobs = torch.cat([o[0] for o in outputs])[:, response] * response_mask
+        values = torch.cat([o[1] for o in outputs])[:, response] * response_mask
+        scores = torch.linspace(-1, 1, N)[rows]
+        rewards, kl = kl_penalized_rewards(scores, logprobs, logprobs.clone(), response_mask, kl_coef=0.1)
+        advantages, returns = gae(rewards, values, response_mask, gamma=1.0, lam=0.95)
+        advantages = masked_whiten(advantages, response_mask, group=parallel_state.get_data_parallel_group())
+        result["kl_abs_max"] = kl.abs().max().item()
+    else:
+        logprobs = values = advantages = returns = torch.zeros(response_ids.shape)
+    batch = make_ppo_batch(prompt_ids, prompt_mask, response_ids, response_mask, multiple, old_logprobs=logprobs,
+                           old_values=values, advantages=advantages, returns=returns)
+    micro = data_parallel_microbatches(batch, 0, 1, MICRO)
+    step = ppo_forward_step(vocab, clip_ratio=0.2, clip_value=0.2, vf_coef=0.5, entropy_coef=0.01)
+    result["steps"] = []
+    for _ in range(3):
+        r = train_step(ddp, optimizer, micro, len(micro), step, seq, MICRO)
+        result["steps"].append({**r.metrics, "grad_norm": float(r.grad_norm)})
+    holder = [result]
+    dist.broadcast_object_list(holder, src=parallel_state.get_pipeline_model_parallel_last_rank(),
+                               group=parallel_state.get_pipeline_model_parallel_group())
+    if dist.get_rank() == 0:
+        torch.save(holder[0], args.out)
+    shutdown()
+
+
+if __name__ == "__main__":
+    main()
