@@ -1,6 +1,6 @@
-"""PPO learning step through Megatron's schedules: the first step's ratio is
-exactly 1 and its KL exactly 0, and three steps give the same losses at
-every layout (tiny Llama with a value head, gloo)."""
+"""PPO rollout statistics and learning steps through Megatron's schedules: KL
+to the reference is exactly 0 and the first step's ratio exactly 1, and three
+steps give the same losses at every layout (tiny Llama with a value head, gloo)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ def runs(tmp_path_factory):
 def test_first_step_has_unit_ratio_and_zero_kl(runs):
     for name, result in runs.items():
         first = result["steps"][0]
-        assert result["kl_abs_max"] == 0.0, name
+        assert result["kl_abs_max"] == 0.0 and result["rollout"]["kl"] == 0.0, name
+        assert abs(result["rollout"]["score"]) < 1e-7, name  # scores -1..1 evenly spaced
         assert first["policy_ratio"] == 1.0 and first["policy_approx_kl"] == 0.0, name
         assert first["policy_clipfrac"] == 0.0, name
         # Whitened advantages have mean 0 over the batch's tokens: policy loss = -mean(A) = 0.
@@ -45,6 +46,7 @@ def test_ppo_steps_learn(runs):
 
 @pytest.mark.parametrize("layout", ["tp2", "pp2", "dp2", "tp2_sp"])
 def test_ppo_losses_are_layout_invariant(runs, layout):
+    assert runs[layout]["rollout"] == pytest.approx(runs["tp1"]["rollout"], rel=1e-6, abs=1e-7)
     for ref, got in zip(runs["tp1"]["steps"], runs[layout]["steps"]):
         for key in ("loss", "policy_loss", "value_loss", "entropy", "policy_ratio", "grad_norm"):
             assert got[key] == pytest.approx(ref[key], rel=1e-4, abs=1e-6), (layout, key)

@@ -2,10 +2,10 @@
 tests/test_ppo_step.py under torchrun); rank 0 saves the metrics of each step.
 
 The experience is the same global batch at every layout: 8 prompts and
-responses of different lengths, sequence scores -1..1, the reference equal to
-the initial policy (so the KL penalty must be exactly 0), GAE and advantages
-whitened over the DP group. Old log-probs and values come from a forward pass
-of the policy-value model at this layout, as in a real PPO rollout.
+responses of different lengths, sequence scores -1..1, made by
+``make_experience``: old log-probs and values from a forward pass of the
+policy-value model, a frozen reference model loaded from the same checkpoint
+(so the KL penalty must be exactly 0), GAE, advantages whitened over DP.
 """
 
 import argparse
@@ -14,20 +14,17 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
-from autorlhf_nemo.algorithms.ppo.shaping import kl_penalized_rewards
-from autorlhf_nemo.algorithms.ppo.step import make_ppo_batch, ppo_forward_step
+from autorlhf_nemo.algorithms.ppo.rollout import make_experience
+from autorlhf_nemo.algorithms.ppo.step import ppo_forward_step
 from autorlhf_nemo.config.compose import compose_config
 from autorlhf_nemo.config.validate import to_container
 from autorlhf_nemo.convert.hf_llama import load_hf_checkpoint
-from autorlhf_nemo.generation.engine import left_pad
+from autorlhf_nemo.generation.engine import GenerationOutput, left_pad
 from autorlhf_nemo.models.gpt import build_model
 from autorlhf_nemo.models.policy import PolicyValueModel
-from autorlhf_nemo.ops.advantages import gae
-from autorlhf_nemo.ops.masked import masked_whiten
-from autorlhf_nemo.ops.vocab_parallel import token_log_probs
 from autorlhf_nemo.parallel.runtime import initialize, shutdown
 from autorlhf_nemo.training.batching import data_parallel_microbatches
-from autorlhf_nemo.training.engine import build_optimizer, forward_only, train_step, wrap_for_training
+from autorlhf_nemo.training.engine import build_optimizer, train_step, wrap_for_training
 
 N, MICRO = 8, 2
 
@@ -67,28 +64,19 @@ def main():
     seq = prompt_len + resp_len - 1
     seq += -seq % multiple
 
-    # Rollout-time log-probs and values of the response tokens.
-    def score_step(batch, model):
-        output = model(batch["tokens"], batch["position_ids"], batch["attention_mask"])
-        return output, lambda out, non_loss_data=False: (token_log_probs(out[0], batch["labels"], vocab), out[1])
-
-    plain = make_ppo_batch(prompt_ids, prompt_mask, response_ids, response_mask, multiple)
-    outputs = forward_only(ddp, data_parallel_microbatches(plain, 0, 1, MICRO), per_rank // MICRO,
-                           score_step, seq, MICRO)
-    result = {}
+    # Rollout: policy log-probs and values, a frozen reference (same initial weights), rewards, GAE.
+    reference = build_model(cfg)
+    load_hf_checkpoint(reference, args.hf, m)
+    generation = GenerationOutput(prompt_ids, prompt_mask, response_ids, response_mask,
+                                  torch.zeros(response_ids.shape), torch.zeros(response_ids.shape),
+                                  ["length"] * per_rank)
+    experience, stats = make_experience(generation, torch.linspace(-1, 1, N)[rows], ddp, reference,
+                                        vocab_size=vocab, kl_coef=0.1, gamma=1.0, lam=0.95,
+                                        micro_batch_size=MICRO, pad_to_multiple_of=multiple)
+    result = {"rollout": stats}
     if parallel_state.is_pipeline_last_stage():
-        response = slice(prompt_len - 1, prompt_len - 1 + resp_len)
-        logprobs = torch.cat([o[0] for o in outputs])[:, response] * response_mask
-        values = torch.cat([o[1] for o in outputs])[:, response] * response_mask
-        scores = torch.linspace(-1, 1, N)[rows]
-        rewards, kl = kl_penalized_rewards(scores, logprobs, logprobs.clone(), response_mask, kl_coef=0.1)
-        advantages, returns = gae(rewards, values, response_mask, gamma=1.0, lam=0.95)
-        advantages = masked_whiten(advantages, response_mask, group=parallel_state.get_data_parallel_group())
-        result["kl_abs_max"] = kl.abs().max().item()
-    else:
-        logprobs = values = advantages = returns = torch.zeros(response_ids.shape)
-    batch = make_ppo_batch(prompt_ids, prompt_mask, response_ids, response_mask, multiple, old_logprobs=logprobs,
-                           old_values=values, advantages=advantages, returns=returns)
+        result["kl_abs_max"] = experience.kl.abs().max().item()
+    batch = experience.learner_batch(multiple)
     micro = data_parallel_microbatches(batch, 0, 1, MICRO)
     step = ppo_forward_step(vocab, clip_ratio=0.2, clip_value=0.2, vf_coef=0.5, entropy_coef=0.01)
     result["steps"] = []
