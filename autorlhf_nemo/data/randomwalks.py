@@ -24,10 +24,26 @@ from dataclasses import dataclass
 import numpy as np
 
 GOAL = 0
+EOS = 0  # token id of end-of-walk (also padding); node k is token k + 1
 
 
 def node_name(node: int) -> str:
     return chr(ord("a") + node)
+
+
+def encode(walk: str) -> list[int]:
+    """Letters -> token ids (node k -> k + 1)."""
+    return [ord(c) - ord("a") + 1 for c in walk]
+
+
+def decode(tokens) -> str:
+    """Token ids -> letters, stopping at the first EOS; ids beyond the graph become '?'."""
+    letters = []
+    for t in tokens:
+        if t == EOS:
+            break
+        letters.append(chr(ord("a") + t - 1) if 1 <= t <= 26 else "?")
+    return "".join(letters)
 
 
 @dataclass

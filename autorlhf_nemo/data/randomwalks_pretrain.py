@@ -1,0 +1,51 @@
+"""Pretrain the randomwalks policy: next-token LM on the task's walks.
+
+Each walk is encoded one token per node and ended with EOS, right-padded to
+``max_length + 1`` tokens; the loss covers every real token including EOS
+(but not the first, the prompt). Runs at any layout through the training
+engine (Megatron schedules + optimizer); returns the model and its loss curve.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from autorlhf_nemo.config.validate import to_container
+from autorlhf_nemo.data.randomwalks import EOS, RandomWalks, encode
+from autorlhf_nemo.models.gpt import build_model
+from autorlhf_nemo.training.batching import data_parallel_microbatches
+from autorlhf_nemo.training.engine import build_optimizer, train_step, wrap_for_training
+from autorlhf_nemo.training.lm import lm_forward_step, make_lm_batch
+
+
+def walk_tokens(task: RandomWalks) -> tuple[torch.Tensor, torch.Tensor]:
+    """tokens [n, max_length + 1] (walk + EOS, EOS-padded), attention mask [n, max_length + 1]."""
+    width = task.max_length + 1
+    tokens = torch.full((len(task.walks), width), EOS, dtype=torch.long)
+    mask = torch.zeros_like(tokens)
+    for row, walk in enumerate(task.walks):
+        ids = encode(walk) + [EOS]
+        tokens[row, :len(ids)] = torch.tensor(ids)
+        mask[row, :len(ids)] = 1
+    return tokens, mask
+
+
+def pretrain(cfg, runtime, task: RandomWalks, steps: int, batch_size: int, log_every: int = 0):
+    """Train a fresh ``cfg.model`` on ``task.walks``; returns (DDP model, [loss per step])."""
+    values = to_container(cfg)
+    vocab, micro_size = values["model"]["vocab_size"], values["train"]["micro_batch_size"]
+    model = wrap_for_training(build_model(cfg), cfg)
+    optimizer = build_optimizer(model, cfg)
+    tokens, mask = walk_tokens(task)
+    generator = torch.Generator().manual_seed(values["train"]["seed"])
+    step_fn = lm_forward_step(vocab)
+    losses = []
+    for step in range(steps):
+        rows = torch.randperm(len(tokens), generator=generator)[:batch_size]
+        batch = make_lm_batch(tokens[rows], mask[rows])
+        micro = data_parallel_microbatches(batch, runtime.dp_rank, runtime.dp_size, micro_size)
+        result = train_step(model, optimizer, micro, len(micro), step_fn, tokens.shape[1] - 1, micro_size)
+        losses.append(result.metrics["lm_loss"])
+        if log_every and (step % log_every == 0 or step == steps - 1):
+            print(f"pretrain step {step}: loss {losses[-1]:.4f}", flush=True)
+    return model, losses
