@@ -98,7 +98,6 @@ def main():
             ours_tps, theirs_tps = tokens[new] / seconds["ours"], tokens[new] / seconds["theirs"]
             print(f"{dtype:>8} | {new:>10} | {ours_tps:>19.1f} | {theirs_tps:>18.1f} | "
                   f"{ours_tps / theirs_tps:>5.2f}", flush=True)
-        del hf, model, engine
     shutdown()
 
 

@@ -1,7 +1,6 @@
 """The CPU compatibility layer (autorlhf_nemo.parallel.cpu_compat)."""
 
 import subprocess
-import sys
 
 import pytest
 import torch

@@ -33,9 +33,9 @@ from megatron.core import parallel_state
 
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 
+from autorlhf_nemo.generation import matmul
 from autorlhf_nemo.generation.kv_cache import KVCache
 from autorlhf_nemo.generation.sampling import SamplingParams, VocabParallel, process_logits
-from autorlhf_nemo.generation import matmul
 from autorlhf_nemo.models.norm import RMSNorm
 from autorlhf_nemo.parallel.runtime import native_torch
 
@@ -247,7 +247,8 @@ class Generator:
             hidden = torch.empty(s, b, self.config.hidden_size, dtype=self.config.params_dtype,
                                  device=self.device)
             dist.recv(hidden, src=parallel_state.get_pipeline_model_parallel_prev_rank())
-        cos, sin = (table[positions.transpose(0, 1)][:, :, None, None].to(hidden.dtype) for table in rope)  # [s, b, 1, 1, d]
+        # [s, b, 1, 1, d]: broadcast over KV groups and the heads in each group
+        cos, sin = (table[positions.transpose(0, 1)][:, :, None, None].to(hidden.dtype) for table in rope)
         mask = self._attention_bias(cache.length, s, key_valid, hidden.dtype)
         for index, layer in enumerate(self.model.decoder.layers):
             hidden = self._layer_forward(layer, index, hidden, (cos, sin), mask, cache)
@@ -287,7 +288,8 @@ class Generator:
         Other implementations (Transformer Engine, with fused norms) are called as modules.
         ``weight`` overrides the module's own (tied output layer)."""
         if type(module) is ColumnParallelLinear and not module.gather_output:
-            out, bias = matmul.linear(x, module.weight if weight is None else weight, self.weight_first), module.bias
+            weight = module.weight if weight is None else weight
+            out, bias = matmul.linear(x, weight, self.weight_first), module.bias
         elif type(module) is RowParallelLinear and module.input_is_parallel:
             out, bias = matmul.linear(x, module.weight, self.weight_first), module.bias
             if parallel_state.get_tensor_model_parallel_world_size() > 1:

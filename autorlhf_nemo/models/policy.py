@@ -11,7 +11,6 @@ parameters are trained, all-reduced and checkpointed with the trunk's.
 
 from __future__ import annotations
 
-import torch
 from megatron.core.transformer.module import MegatronModule
 
 from autorlhf_nemo.models.heads import ValueHead

@@ -67,20 +67,25 @@ class StepResult:
     update_successful: bool
 
 
+def broadcast_from_last_stage(obj):
+    """The last pipeline stage's ``obj`` (any picklable value) on every stage of this pipeline."""
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=parallel_state.get_pipeline_model_parallel_last_rank(),
+                               group=parallel_state.get_pipeline_model_parallel_group())
+    return holder[0]
+
+
 def reduce_reports(reports: list[Mapping[str, torch.Tensor]]) -> dict[str, float]:
     """Sum ``{name: tensor([sum, count])}`` over micro-batches and the DP group,
     then broadcast from the last pipeline stage; returns ``{name: sum / count}``."""
     names = sorted(reports[0]) if reports else []
+    totals = None
     if parallel_state.is_pipeline_last_stage():
-        totals = torch.stack([sum(r[n].detach().double() for r in reports) for n in names]) \
+        stacked = torch.stack([sum(r[n].detach().double() for r in reports) for n in names]) \
             if names else torch.zeros(0, 2, dtype=torch.float64)
-        dist.all_reduce(totals, group=parallel_state.get_data_parallel_group())
-        payload = [dict(zip(names, totals.tolist()))]
-    else:
-        payload = [None]
-    last = parallel_state.get_pipeline_model_parallel_last_rank()
-    dist.broadcast_object_list(payload, src=last, group=parallel_state.get_pipeline_model_parallel_group())
-    return {n: s / max(c, 1.0) for n, (s, c) in payload[0].items()}
+        dist.all_reduce(stacked, group=parallel_state.get_data_parallel_group())
+        totals = dict(zip(names, stacked.tolist()))
+    return {n: s / max(c, 1.0) for n, (s, c) in broadcast_from_last_stage(totals).items()}
 
 
 def train_step(ddp_model, optimizer, microbatches: Iterable[Any], num_microbatches: int,

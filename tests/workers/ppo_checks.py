@@ -24,7 +24,8 @@ from autorlhf_nemo.models.gpt import build_model
 from autorlhf_nemo.models.policy import PolicyValueModel
 from autorlhf_nemo.parallel.runtime import initialize, shutdown
 from autorlhf_nemo.training.batching import data_parallel_microbatches
-from autorlhf_nemo.training.engine import build_optimizer, train_step, wrap_for_training
+from autorlhf_nemo.training.engine import (broadcast_from_last_stage, build_optimizer, train_step,
+                                           wrap_for_training)
 
 N, MICRO = 8, 2
 
@@ -83,11 +84,9 @@ def main():
     for _ in range(3):
         r = train_step(ddp, optimizer, micro, len(micro), step, seq, MICRO)
         result["steps"].append({**r.metrics, "grad_norm": float(r.grad_norm)})
-    holder = [result]
-    dist.broadcast_object_list(holder, src=parallel_state.get_pipeline_model_parallel_last_rank(),
-                               group=parallel_state.get_pipeline_model_parallel_group())
+    result = broadcast_from_last_stage(result)
     if dist.get_rank() == 0:
-        torch.save(holder[0], args.out)
+        torch.save(result, args.out)
     shutdown()
 
 

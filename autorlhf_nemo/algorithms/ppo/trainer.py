@@ -25,7 +25,7 @@ from autorlhf_nemo.algorithms.ppo.step import ppo_forward_step
 from autorlhf_nemo.generation import Generator, SamplingParams
 from autorlhf_nemo.rewards import score
 from autorlhf_nemo.training.batching import data_parallel_microbatches
-from autorlhf_nemo.training.engine import train_step
+from autorlhf_nemo.training.engine import broadcast_from_last_stage, train_step
 
 
 @dataclass
@@ -115,15 +115,8 @@ class PPOTrainer:
                                     self.micro_batch_size)
                 learn = result.metrics
         phase("learn")
-        stats = self._from_last_stage(stats)
+        stats = broadcast_from_last_stage(stats)
         self.kl_controller.update(stats["kl"], n_steps=s.rollouts_per_step)
         self.iteration += 1
         return {**{f"rollout/{k}": v for k, v in stats.items()}, **{f"learn/{k}": v for k, v in learn.items()},
                 "kl_coef": self.kl_controller.value, **timings}
-
-    def _from_last_stage(self, stats: dict) -> dict:
-        holder = [stats]
-        torch.distributed.broadcast_object_list(
-            holder, src=parallel_state.get_pipeline_model_parallel_last_rank(),
-            group=parallel_state.get_pipeline_model_parallel_group())
-        return holder[0]
