@@ -60,10 +60,7 @@ def main():
     per_rank = N // runtime.dp_size
     rows = slice(runtime.dp_rank * per_rank, (runtime.dp_rank + 1) * per_rank)
     prompt_ids, prompt_mask, response_ids, response_mask = (t[rows] for t in fixed_experience(vocab))
-    prompt_len, resp_len = prompt_ids.shape[1], response_ids.shape[1]
     multiple = runtime.tp_size if cfg.parallel.sequence_parallel else 1
-    seq = prompt_len + resp_len - 1
-    seq += -seq % multiple
 
     # Rollout: policy log-probs and values, a frozen reference (same initial weights), rewards, GAE.
     reference = build_model(cfg)
@@ -78,6 +75,7 @@ def main():
     if parallel_state.is_pipeline_last_stage():
         result["kl_abs_max"] = experience.kl.abs().max().item()
     batch = experience.learner_batch(multiple)
+    seq = batch["tokens"].shape[1]  # P + R - 1, padded to the SP multiple
     micro = data_parallel_microbatches(batch, 0, 1, MICRO)
     step = ppo_forward_step(vocab, clip_ratio=0.2, clip_value=0.2, vf_coef=0.5, entropy_coef=0.01)
     result["steps"] = []

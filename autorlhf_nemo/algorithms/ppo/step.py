@@ -19,9 +19,6 @@ from autorlhf_nemo.algorithms.ppo.losses import policy_loss, value_loss
 from autorlhf_nemo.ops.vocab_parallel import entropy, token_log_probs
 from autorlhf_nemo.training.lm import make_lm_batch
 
-# Per-token fields [b, R] over the response, moved to label positions.
-TOKEN_FIELDS = ("old_logprobs", "old_values", "advantages", "returns")
-
 
 def make_ppo_batch(prompt_ids, prompt_mask, response_ids, response_mask, pad_to_multiple_of: int = 1,
                    **per_token) -> dict:
