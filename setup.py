@@ -15,6 +15,12 @@ INSTALL_REQUIRES = [
     "accelerate>=0.34",
     "sentencepiece>=0.2",
     "numpy>=1.24",
+    # Trainer output: progress bar, TensorBoard event files, the reward/KL plot.
+    "tqdm>=4.60",
+    "tensorboard>=2.14",
+    "matplotlib>=3.7",
+    # The sentiment task's reward: the VADER lexicon scorer (pure Python, offline).
+    "vaderSentiment>=3.3",
     # The algorithm modules are NeMo ModelPT subclasses; 2.7.x is the last release
     # with the LLM collection. Imported lazily, never by the low-level modules.
     "nemo-toolkit[core]>=2.7,<2.8",

@@ -1,20 +1,23 @@
 """What ``python -m autorlhf_nemo`` runs once the config is composed.
 
-Until an algorithm is selected the job builds the configured model at the
-configured layout, loads its checkpoint, and reports per-rank parameter
-counts and the language-model loss on a sample prompt: a smoke test of a
-layout on real hardware before a long run.
+With ``algorithm=ppo`` (and a task) it is an RL run: :func:`run_rl`. Without
+an algorithm the job builds the configured model at the configured layout,
+loads its checkpoint, and reports per-rank parameter counts: a smoke test of
+a layout on real hardware before a long run.
 """
 
 from __future__ import annotations
 
 import logging
 
-from autorlhf_nemo.config.validate import to_container
+from autorlhf_nemo.config.validate import to_container, validate_config
 
 
 def run_job(cfg) -> None:
     logging.getLogger("megatron").setLevel(logging.WARNING)
+    if cfg.get("algorithm") is not None:
+        run_rl(cfg)
+        return
     import torch.distributed as dist
 
     from autorlhf_nemo.convert import resolve_hf_checkpoint
@@ -44,3 +47,58 @@ def run_job(cfg) -> None:
         print(f"parameters per model replica: {replica:,}")
     dist.barrier()
     shutdown()
+
+
+def run_rl(cfg, prompts=None, reward_fn=None, eval_prompts=None) -> dict:
+    """An RL run at the layout of ``cfg``: build the task and the algorithm's model,
+    train (resuming from the newest complete checkpoint), export, report.
+    Returns the trainer's summary (before/after evaluation, per-step history)."""
+    import json
+    from pathlib import Path
+
+    import torch.distributed as dist
+
+    from autorlhf_nemo.parallel.runtime import initialize, shutdown
+    from autorlhf_nemo.tasks import build_task
+
+    validate_config(cfg)  # before the task loads a tokenizer or anything starts
+    task = build_task(cfg, prompts=prompts, reward_fn=reward_fn, eval_prompts=eval_prompts)
+    runtime = initialize(cfg)
+    from autorlhf_nemo.algorithms.ppo.model import PPOModel
+    from autorlhf_nemo.algorithms.ppo.trainer import PPOTrainer
+
+    values = to_container(cfg)
+    model = PPOModel(cfg, runtime, task.init_weights)
+    summary = PPOTrainer(model, task, cfg).fit()
+    run_dir = Path(values["run_dir"])
+    if values["checkpoint"]["export_hf"]:
+        from autorlhf_nemo.convert import resolve_hf_checkpoint
+        from autorlhf_nemo.convert.hf_llama import export_hf_checkpoint
+
+        source = values["model"]["hf_checkpoint"]
+        export_hf_checkpoint(model.policy.module.gpt, values["model"], run_dir / "hf_export",
+                             tokenizer_dir=resolve_hf_checkpoint(source) if source else None)
+    if runtime.rank == 0:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        print(report(summary, values), flush=True)
+    dist.barrier()
+    shutdown()
+    return summary
+
+
+def report(summary: dict, values: dict) -> str:
+    """Reward before and after, final KL, and a few before/after samples."""
+    lines = [f"== {values['algorithm']['name']} on {values['task']['name']}: "
+             f"{values['train']['total_steps']} steps, run dir {values['run_dir']}"]
+    before, after = summary["before"], summary["after"]
+    if before:
+        lines.append(f"eval reward before: {before['reward']:.3f}")
+    lines.append(f"eval reward after:  {after['reward']:.3f}"
+                 + (f"  (change {after['reward'] - before['reward']:+.3f})" if before else ""))
+    last = summary["history"][-1]
+    if "rollout/kl" in last:
+        lines.append(f"KL(policy || initial policy) at the last step: {last['rollout/kl']:.3f} nats/sample")
+    for title, part in (("before", before), ("after", after)):
+        for prompt, output, reward in (part or {}).get("samples", []):
+            lines.append(f"[{title} {reward:+.2f}] {prompt!r} -> {output!r}")
+    return "\n".join(lines)

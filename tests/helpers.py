@@ -20,3 +20,24 @@ def torchrun(script: str, nproc: int, args: list[str], timeout: int = 600) -> su
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"
                              f"{proc.stderr[-8000:]}")
     return proc
+
+
+def cli_command(nproc: int, overrides: list[str]) -> list[str]:
+    """``python -m autorlhf_nemo <overrides>``, under torchrun when ``nproc > 1``."""
+    launcher = [sys.executable] if nproc == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    return [*launcher, "-m", "autorlhf_nemo", *overrides]
+
+
+def cli_env() -> dict:
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", TORCH_CPP_LOG_LEVEL="ERROR")
+
+
+def cli(nproc: int, overrides: list[str], timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run the command-line job; raise with its output on failure."""
+    cmd = cli_command(nproc, overrides)
+    proc = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"
+                             f"{proc.stderr[-8000:]}")
+    return proc

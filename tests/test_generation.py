@@ -50,6 +50,7 @@ class Generations:
                  "min_new_tokens": eos_step + 3},
                 {"max_new_tokens": NEW, "greedy": True, "stop_token_sequences": [stop_seq]},
                 {"max_new_tokens": NEW, "greedy": True, "ban_tokens": [greedy[0][0], greedy[2][0]]},
+                dict(SAMPLE, seed=1, row_seeds=list(range(len(PROMPTS)))),
             ],
         }
 
@@ -146,6 +147,16 @@ def test_data_parallel_replicas_draw_different_samples(gens):
     assert torch.equal(sampled[0], _run(gens, "tp1")["runs"][1]["output"].response_ids)
 
 
+def test_row_seeds_make_samples_independent_of_data_parallel_size(gens):
+    """With one seed per prompt row, a row's sample depends only on its seed:
+    both DP replicas (same prompts) and the TP1 run draw the same tokens."""
+    by_row = _run(gens, "dp2")["runs"][8]["dp_responses"]
+    tp1 = _run(gens, "tp1")["runs"]
+    assert torch.equal(by_row[0], by_row[1])
+    assert torch.equal(by_row[0], tp1[8]["output"].response_ids)
+    assert not torch.equal(by_row[0], tp1[1]["output"].response_ids)  # not the per-rank stream
+
+
 def test_vocab_parallel_sampling_primitives(gens):
     for layout in ("tp1", "tp2", "tp2_pp2"):
         checks = _run(gens, layout)["sampling"]
@@ -211,10 +222,11 @@ def test_logits_processor_runs_on_vocab_parallel_logits(gens):
     ({"top_k": -1}, "top_k=-1"),
     ({"eos_token_ids": [999]}, "eos_token_ids [999] are outside the vocabulary"),
     ({"stop_strings": [""]}, "stop sequences must not be empty"),
+    ({"row_seeds": [1, 2, 3]}, "row_seeds has 3 entries for 2 prompts"),
 ])
 def test_bad_sampling_parameters_rejected(fields, message):
     with pytest.raises(ValueError, match=__import__("re").escape(message)):
-        SamplingParams(**fields).validate(prompt_length=10, max_positions=256, vocab_size=250)
+        SamplingParams(**fields).validate(prompt_length=10, max_positions=256, vocab_size=250, batch_size=2)
 
 
 def test_empty_prompt_rejected():

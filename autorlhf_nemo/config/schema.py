@@ -82,6 +82,94 @@ class TrainConfig:
     adam_eps: float = 1.0e-8
     # Clip the global gradient norm to this value; 0 disables clipping.
     clip_grad: float = 1.0
+    # Learning-rate schedule over optimizer steps: linear warm-up from 0, then
+    # constant | linear | cosine decay to min_lr by lr_decay_steps (None: the run's last step).
+    lr_warmup_steps: int = 0
+    lr_decay_style: str = "constant"
+    lr_decay_steps: Optional[int] = None
+    # RL iterations (generate, score, learn) of an algorithm run.
+    total_steps: int = 100
+    # Evaluate (greedy or sampled on the task's held-out prompts) every N steps; 0: only first and last.
+    eval_every: int = 0
+
+
+@dataclass
+class SamplingConfig:
+    """Rollout sampling (see generation.SamplingParams)."""
+
+    max_new_tokens: int = 32
+    min_new_tokens: int = 0
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+
+@dataclass
+class AlgorithmConfig:
+    """PPO (trlX / NeMo-Aligner defaults where they agree)."""
+
+    name: str = "ppo"
+    rollouts_per_step: int = 64       # prompts sampled per step, over all DP ranks
+    ppo_epochs: int = 4
+    minibatches: int = 1              # optimizer steps per epoch
+    init_kl_coef: float = 0.05
+    target_kl: Optional[float] = None  # adaptive KL controller when set, fixed otherwise
+    kl_horizon: int = 10000
+    gamma: float = 1.0
+    lam: float = 0.95
+    clip_ratio: float = 0.2
+    clip_value: float = 0.2
+    vf_coef: float = 1.0
+    entropy_coef: float = 0.0
+    # Rewards: clip scores to [-clip_reward, clip_reward] (None: off), then optionally
+    # scale by the running std ("running") of all scores seen so far.
+    clip_reward: Optional[float] = 10.0
+    scale_reward: Optional[str] = None
+    whiten_advantages: bool = True
+    # Reference model: top layers trained and copied for the reference; the frozen
+    # trunk below is shared. -1: all layers trained, the reference is a full copy.
+    num_layers_unfrozen: int = -1
+    # Keep the full reference copy in CPU memory between uses (GPU runs).
+    offload_reference: bool = False
+    value_head_seed: int = 1
+
+
+@dataclass
+class TaskConfig:
+    """Prompts, reward and sampling of an RL task (see autorlhf_nemo.tasks)."""
+
+    # randomwalks | sentiment | custom (prompts and reward_fn given to autorlhf_nemo.train)
+    name: str = "custom"
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    # Held-out prompts scored at each evaluation.
+    num_eval_prompts: int = 64
+    # Wrap prompts in the tokenizer's chat template (instruct models).
+    chat_template: bool = False
+    # randomwalks: steps of next-token pretraining on the walks before RL.
+    pretrain_steps: int = 0
+    pretrain_lr: float = 3.0e-3
+
+
+@dataclass
+class CheckpointConfig:
+    # Save every N steps (0: only at the end). Checkpoints go to <run_dir>/checkpoints.
+    save_every: int = 0
+    keep_last: int = 2
+    # Continue from the newest complete checkpoint in run_dir when there is one.
+    resume: bool = True
+    # Export the final policy as a Hugging Face safetensors checkpoint (<run_dir>/hf_export).
+    export_hf: bool = True
+
+
+@dataclass
+class LoggingConfig:
+    progress_bar: bool = True
+    tensorboard: bool = True
+    # Weights & Biases (needs `pip install wandb`; offline mode works without network).
+    wandb: bool = False
+    wandb_project: str = "autorlhf_nemo"
+    # Before/after samples printed and saved.
+    num_samples: int = 4
 
 
 @dataclass
@@ -89,6 +177,11 @@ class RootConfig:
     model: ModelConfig = MISSING
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    # None: only the layout smoke job (parameter counts, LM loss); ppo: an RL run.
+    algorithm: Optional[AlgorithmConfig] = None
+    task: TaskConfig = field(default_factory=TaskConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
     # Where runs write logs and checkpoints.
     run_dir: str = "runs/${model.name}"
 
@@ -99,3 +192,5 @@ def register_configs() -> None:
     cs.store(name="base_config", node=RootConfig)
     cs.store(group="model", name="base_model", node=ModelConfig)
     cs.store(group="parallel", name="base_parallel", node=ParallelConfig)
+    cs.store(group="algorithm", name="base_algorithm", node=AlgorithmConfig)
+    cs.store(group="task", name="base_task", node=TaskConfig)

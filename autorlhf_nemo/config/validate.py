@@ -18,6 +18,8 @@ from autorlhf_nemo.config.schema import RootConfig
 _DTYPES = ("float32", "bfloat16", "float16")
 _BACKENDS = ("auto", "nccl", "gloo")
 _OPTIMIZERS = ("adam", "sgd")
+_LR_DECAY_STYLES = ("constant", "linear", "cosine")
+_TASKS = ("randomwalks", "sentiment", "custom")
 
 
 class ConfigError(ValueError):
@@ -152,6 +154,11 @@ def validate_config(cfg: DictConfig | Mapping[str, Any], world_size: Optional[in
             f"parallel.use_distributed_optimizer=true supports only train.optimizer=adam (got "
             f"{t['optimizer']!r}): switch to adam or disable the distributed optimizer")
 
+    if t["lr_decay_style"] not in _LR_DECAY_STYLES:
+        problems.append(f"train.lr_decay_style={t['lr_decay_style']!r}: use one of {_LR_DECAY_STYLES}")
+    if values["algorithm"] is not None:
+        problems += _algorithm_problems(values)
+
     launcher_world = _launcher_world_size()
     world = world_size or p["world_size"] or launcher_world
     if p["world_size"] and launcher_world and p["world_size"] != launcher_world:
@@ -169,7 +176,15 @@ def validate_config(cfg: DictConfig | Mapping[str, Any], world_size: Optional[in
         else:
             dp = world // model_parallel
             step = t["micro_batch_size"] * dp
-            if t["global_batch_size"] % step:
+            a = values["algorithm"]
+            rollout_step = step * (a["minibatches"] if a else 1)
+            if a and a["rollouts_per_step"] % rollout_step:
+                problems.append(
+                    f"algorithm.rollouts_per_step={a['rollouts_per_step']} is not divisible by "
+                    f"train.micro_batch_size x data-parallel size x algorithm.minibatches = "
+                    f"{t['micro_batch_size']} x {dp} x {a['minibatches']} = {rollout_step}: use a "
+                    f"multiple of {rollout_step}")
+            if not a and t["global_batch_size"] % step:
                 problems.append(
                     f"train.global_batch_size={t['global_batch_size']} is not divisible by "
                     f"train.micro_batch_size x data-parallel size = {t['micro_batch_size']} x "
@@ -177,3 +192,37 @@ def validate_config(cfg: DictConfig | Mapping[str, Any], world_size: Optional[in
     if problems:
         raise ConfigError(problems)
 
+
+def _algorithm_problems(values: dict) -> list[str]:
+    """Rules of an RL run (algorithm, task, checkpoint sections)."""
+    a, t, task, m = values["algorithm"], values["train"], values["task"], values["model"]
+    problems = []
+    if a["name"] != "ppo":
+        problems.append(f"algorithm.name={a['name']!r} is not available yet: use algorithm=ppo")
+    for name in ("rollouts_per_step", "ppo_epochs", "minibatches"):
+        if a[name] < 1:
+            problems.append(f"algorithm.{name}={a[name]} must be >= 1")
+    if t["total_steps"] < 1:
+        problems.append(f"train.total_steps={t['total_steps']} must be >= 1")
+    if not 0 <= a["gamma"] <= 1 or not 0 <= a["lam"] <= 1:
+        problems.append(f"algorithm.gamma={a['gamma']} and algorithm.lam={a['lam']} must lie in [0, 1]")
+    if a["clip_ratio"] <= 0 or a["clip_value"] <= 0:
+        problems.append("algorithm.clip_ratio and algorithm.clip_value must be > 0")
+    if a["init_kl_coef"] < 0:
+        problems.append(f"algorithm.init_kl_coef={a['init_kl_coef']} must be >= 0")
+    if a["target_kl"] is not None and a["target_kl"] <= 0:
+        problems.append(f"algorithm.target_kl={a['target_kl']} must be > 0 (or null for a fixed KL coefficient)")
+    if a["scale_reward"] not in (None, "running"):
+        problems.append(f"algorithm.scale_reward={a['scale_reward']!r}: use null or 'running'")
+    if a["num_layers_unfrozen"] < -1 or a["num_layers_unfrozen"] == 0:
+        problems.append(f"algorithm.num_layers_unfrozen={a['num_layers_unfrozen']}: use -1 (train all "
+                        f"layers) or 1..{m['num_layers']} (train the top layers, share the frozen trunk)")
+    if task["name"] not in _TASKS:
+        problems.append(f"task.name={task['name']!r}: use one of {_TASKS} (task=randomwalks, task=sentiment)")
+    if task["sampling"]["max_new_tokens"] < 1:
+        problems.append(f"task.sampling.max_new_tokens={task['sampling']['max_new_tokens']} must be >= 1")
+    if task["num_eval_prompts"] < 1:
+        problems.append(f"task.num_eval_prompts={task['num_eval_prompts']} must be >= 1")
+    if values["checkpoint"]["keep_last"] < 1:
+        problems.append(f"checkpoint.keep_last={values['checkpoint']['keep_last']} must be >= 1")
+    return problems

@@ -9,6 +9,7 @@ engine (Megatron schedules + optimizer); returns the model and its loss curve.
 from __future__ import annotations
 
 import torch
+from omegaconf import OmegaConf
 
 from autorlhf_nemo.config.validate import to_container
 from autorlhf_nemo.data.randomwalks import EOS, RandomWalks, encode
@@ -30,9 +31,13 @@ def walk_tokens(task: RandomWalks) -> tuple[torch.Tensor, torch.Tensor]:
     return tokens, mask
 
 
-def pretrain(cfg, runtime, task: RandomWalks, steps: int, batch_size: int, log_every: int = 0):
-    """Train a fresh ``cfg.model`` on ``task.walks``; returns (DDP model, [loss per step])."""
+def pretrain(cfg, runtime, task: RandomWalks, steps: int, batch_size: int, log_every: int = 0,
+             lr: float | None = None):
+    """Train a fresh ``cfg.model`` on ``task.walks`` (learning rate ``lr`` or
+    ``cfg.train.lr``); returns (DDP model, [loss per step])."""
     values = to_container(cfg)
+    if lr is not None:
+        cfg = OmegaConf.merge(cfg, {"train": {"lr": lr}})
     vocab, micro_size = values["model"]["vocab_size"], values["train"]["micro_batch_size"]
     model = wrap_for_training(build_model(cfg), cfg)
     optimizer = build_optimizer(model, cfg)

@@ -16,7 +16,9 @@ Megatron's and the decode loop stays readable:
 Every rank of the model-parallel group calls :meth:`Generator.generate` with
 the same prompts; all of them return the same :class:`GenerationOutput`.
 Data-parallel replicas pass their own prompts and draw different random
-streams (the seed is offset by the DP rank).
+streams (the seed is offset by the DP rank), or every prompt row draws its
+own stream (``SamplingParams.row_seeds``, e.g. the global sample index) so
+that samples do not depend on the DP size.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from autorlhf_nemo.models.norm import RMSNorm
 from autorlhf_nemo.parallel.runtime import native_torch
 
 _DP_SEED_STRIDE = 1_000_003
+_ROW_SEED_OFFSET = 500_000  # keeps row streams apart from the per-DP-rank ones
 
 
 @dataclass
@@ -142,7 +145,7 @@ class Generator:
     # ----------------------------------------------------------------- public
     @torch.no_grad()
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> GenerationOutput:
-        params.validate(max(len(p) for p in prompts), self.max_positions, self.vocab_size)
+        params.validate(max(len(p) for p in prompts), self.max_positions, self.vocab_size, len(prompts))
         if params.stop_strings and self.tokenizer is None:
             raise ValueError("stop_strings need a tokenizer: Generator(..., tokenizer=...)")
         prompt_ids, prompt_mask = left_pad(prompts, self.pad_token_id)
@@ -166,8 +169,7 @@ class Generator:
         key_valid = torch.ones(b, prompt_len + steps, dtype=torch.bool, device=dev)
         key_valid[:, :prompt_len] = prompt_mask.bool().to(dev)
         positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0).to(dev)
-        generator = torch.Generator(device=dev)
-        generator.manual_seed(params.seed * _DP_SEED_STRIDE + parallel_state.get_data_parallel_rank())
+        generators = self._sampling_generators(params, b)
         vp = VocabParallel(parallel_state.get_tensor_model_parallel_group(),
                            parallel_state.get_tensor_model_parallel_rank() * self._vocab_shard(),
                            self.vocab_size)
@@ -188,7 +190,7 @@ class Generator:
                     if params.logits_processors else None
                 raw = vp.mask_padding(logits.float())
                 processed = process_logits(vp, raw, params, tokens_so_far, t)
-                token = vp.argmax(processed) if params.is_greedy else vp.gumbel_argmax(processed, generator)
+                token = vp.argmax(processed) if params.is_greedy else vp.gumbel_argmax(processed, generators)
                 token = torch.where(done.to(dev), torch.full_like(token, self.pad_token_id), token)
                 step[:, 0] = token.double()
                 step[:, 1] = vp.log_softmax_at(raw, token).double()
@@ -211,6 +213,13 @@ class Generator:
         width = int(response_mask.sum(-1).max())
         return GenerationOutput(prompt_ids, prompt_mask, response[:, :width], response_mask[:, :width],
                                 logprobs[:, :width], processed_logprobs[:, :width], reasons)
+
+    def _sampling_generators(self, params: SamplingParams, batch: int) -> list[torch.Generator]:
+        """One stream per DP rank, or one per row when ``params.row_seeds`` is given."""
+        seeds = ([params.seed * _DP_SEED_STRIDE + parallel_state.get_data_parallel_rank()]
+                 if params.row_seeds is None else
+                 [params.seed * _DP_SEED_STRIDE + _ROW_SEED_OFFSET + s for s in params.row_seeds])
+        return [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
 
     def _stopped(self, response, active, t, params: SamplingParams, reasons) -> torch.Tensor:
         """Which active rows end at step t (all ranks compute this from the same tokens)."""

@@ -36,6 +36,9 @@ class SamplingParams:
     stop_token_sequences: Sequence[Sequence[int]] = ()
     stop_strings: Sequence[str] = ()
     seed: int = 0
+    # One seed per prompt row: row i draws its own noise stream, so a sample depends on
+    # (seed, row seed) only, not on how rows are split over DP ranks or batched.
+    row_seeds: Sequence[int] | None = None
     logits_processors: Sequence[LogitsProcessor] = field(default_factory=tuple)
 
     @property
@@ -48,7 +51,7 @@ class SamplingParams:
         suppress_eos = step < self.min_new_tokens and len(self.eos_token_ids) > 0
         return bool(self.logits_processors) or suppress_eos or not self.is_greedy
 
-    def validate(self, prompt_length: int, max_positions: int, vocab_size: int) -> None:
+    def validate(self, prompt_length: int, max_positions: int, vocab_size: int, batch_size: int) -> None:
         """Reject bad parameters before any work, naming the field and the fix."""
         problems = []
         if self.max_new_tokens < 1:
@@ -72,6 +75,9 @@ class SamplingParams:
             problems.append(f"eos_token_ids {bad_ids} are outside the vocabulary [0, {vocab_size})")
         if any(len(s) == 0 for s in self.stop_token_sequences) or any(s == "" for s in self.stop_strings):
             problems.append("stop sequences must not be empty")
+        if self.row_seeds is not None and len(self.row_seeds) != batch_size:
+            problems.append(f"row_seeds has {len(self.row_seeds)} entries for {batch_size} prompts: "
+                            "give one seed per prompt")
         if problems:
             raise ValueError("invalid sampling parameters: " + "; ".join(problems))
 
@@ -156,15 +162,20 @@ class VocabParallel:
         exp = (logits - global_max[:, None]).exp()
         return exp / self._all_reduce(exp.sum(-1))[:, None]
 
-    def gumbel_argmax(self, logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def gumbel_argmax(self, logits: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
         """A sample from softmax(logits): argmax(logits + Gumbel noise).
 
-        The noise is drawn for the whole (padded) vocabulary from ``generator`` on
-        every rank and sliced, so the sample does not depend on the TP size.
+        The noise is drawn for the whole (padded) vocabulary on every rank and
+        sliced, so the sample does not depend on the TP size. ``generators``: one
+        for the whole batch, or one per row.
         """
         b, shard = logits.shape
-        uniform = torch.rand(b, shard * self.world, generator=generator, dtype=torch.float32,
-                             device=generator.device)
+        if len(generators) == 1:
+            uniform = torch.rand(b, shard * self.world, generator=generators[0], dtype=torch.float32,
+                                 device=generators[0].device)
+        else:
+            uniform = torch.stack([torch.rand(shard * self.world, generator=g, dtype=torch.float32,
+                                              device=g.device) for g in generators])
         uniform = uniform[:, self.vocab_start:self.vocab_start + shard].to(logits.device)
         exponential = (-torch.log(uniform.clamp_min(1e-20))).clamp_min(1e-20)   # Exp(1) > 0
         gumbel = -torch.log(exponential)

@@ -9,6 +9,8 @@ import torch
 import torch.distributed as dist
 
 from autorlhf_nemo.config.compose import compose_config
+from autorlhf_nemo.config.validate import to_container
+from autorlhf_nemo.convert.hf_llama import export_hf_checkpoint
 from autorlhf_nemo.data.randomwalks import EOS, decode, encode, make_random_walks
 from autorlhf_nemo.data.randomwalks_pretrain import pretrain
 from autorlhf_nemo.generation import Generator, SamplingParams
@@ -19,6 +21,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
     parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--export", help="also write the pretrained walker here as an HF checkpoint")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     cfg = compose_config(["model=randomwalks_gpt", "train.seq_length=10", *args.overrides])
@@ -41,6 +44,8 @@ def main():
               "sampled_valid": float(np.mean([task.path_length(s) < task.max_length for s in samples])),
               "greedy_optimality": float(np.mean(task.optimality(greedy_samples))),
               "data_optimality": float(np.mean(task.optimality(task.walks))), "samples": samples[:20]}
+    if args.export:
+        export_hf_checkpoint(model.module, to_container(cfg)["model"], args.export)
     if dist.get_rank() == 0:
         torch.save(result, args.out)
         print({k: v for k, v in result.items() if k != "losses"}, "first/last loss", losses[0], losses[-1])

@@ -1,122 +1,181 @@
-"""The PPO loop: named, timed phases per step.
+"""The PPO loop: per step, named and timed phases.
 
-    generate   sample responses to this DP rank's prompts (generation engine)
-    score      reward_fn on the decoded samples, once per model-parallel group
-    experience policy log-probs and values, reference log-probs, rewards, GAE
-    learn      ppo_epochs x minibatches of Megatron optimizer steps
-    (kl)       the KL controller sees the rollout's mean KL
+    generate    sample responses to this DP rank's share of the step's prompts
+    score       reward_fn on the decoded samples, once per model-parallel group
+    experience  policy log-probs + values, reference log-probs, rewards, GAE
+    learn       ppo_epochs x minibatches Megatron optimizer steps; KL controller update
+    evaluate    every train.eval_every steps (and first/last): reward on held-out prompts
+    save        every checkpoint.save_every steps (and last): atomic run checkpoint
 
-Prompts are token-id lists; ``decode`` turns token ids into text for the
-reward function. Everything model-related runs at the layout of ``cfg``.
+Prompts are drawn with the trainer's own RNG, identical on every rank; each
+sample is seeded by its global index (``row_seeds``), so a run does not
+depend on how rows are split over data-parallel ranks.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from megatron.core import parallel_state
 
-from autorlhf_nemo.algorithms.ppo.kl import make_kl_controller
-from autorlhf_nemo.algorithms.ppo.rollout import make_experience
-from autorlhf_nemo.algorithms.ppo.step import ppo_forward_step
-from autorlhf_nemo.generation import Generator, SamplingParams
+from autorlhf_nemo.checkpoint import run_checkpoint
+from autorlhf_nemo.config.validate import to_container
+from autorlhf_nemo.generation import SamplingParams
 from autorlhf_nemo.rewards import score
-from autorlhf_nemo.training.batching import data_parallel_microbatches
-from autorlhf_nemo.training.engine import broadcast_from_last_stage, train_step
+from autorlhf_nemo.training.engine import broadcast_from_last_stage
+from autorlhf_nemo.training.run_logger import RunLogger
 
 
-@dataclass
-class PPOSettings:
-    rollouts_per_step: int = 64       # prompts sampled per PPO step, over all DP ranks
-    ppo_epochs: int = 4
-    minibatches: int = 1              # optimizer steps per epoch
-    init_kl_coef: float = 0.05
-    target_kl: float | None = None    # adaptive KL when set
-    kl_horizon: int = 10000
-    gamma: float = 1.0
-    lam: float = 0.95
-    clip_ratio: float = 0.2
-    clip_value: float = 0.2
-    vf_coef: float = 1.0
-    entropy_coef: float = 0.0
-    clip_reward: float | None = 10.0
-    whiten_advantages: bool = True
-    sampling: dict = field(default_factory=lambda: {"max_new_tokens": 16, "temperature": 1.0})
+class PhaseTimer:
+    def __init__(self):
+        self.times, self.start = {}, time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.times[f"time/{name}"] = now - self.start
+        self.start = now
 
 
 class PPOTrainer:
-    def __init__(self, policy_ddp, optimizer, reference, settings: PPOSettings, *, vocab_size: int,
-                 pad_token_id: int, eos_token_ids: Sequence[int], prompts: Sequence[Sequence[int]],
-                 decode: Callable[[Sequence[int]], str], reward_fn: Callable, micro_batch_size: int,
-                 seed: int = 0):
-        self.policy, self.optimizer, self.reference, self.s = policy_ddp, optimizer, reference, settings
-        self.vocab_size, self.micro_batch_size = vocab_size, micro_batch_size
-        self.prompts, self.decode, self.reward_fn = list(prompts), decode, reward_fn
-        self.generator = Generator(policy_ddp.module.gpt, vocab_size, pad_token_id)
-        self.eos_token_ids = list(eos_token_ids)
-        self.kl_controller = make_kl_controller(settings.init_kl_coef, settings.target_kl, settings.kl_horizon)
+    def __init__(self, model, task, cfg):
+        self.model, self.task, self.values = model, task, to_container(cfg)
+        self.run_dir = Path(self.values["run_dir"])
         self.dp_rank = parallel_state.get_data_parallel_rank()
         self.dp_size = parallel_state.get_data_parallel_world_size()
-        tp = parallel_state.get_tensor_model_parallel_world_size()
-        self.seq_multiple = tp if policy_ddp.module.config.sequence_parallel else 1
         self.mp_group = parallel_state.get_model_parallel_group()
-        self.rng = torch.Generator().manual_seed(seed)
-        self.iteration = 0
-        if settings.rollouts_per_step % (self.dp_size * micro_batch_size * settings.minibatches):
-            raise ValueError(f"rollouts_per_step={settings.rollouts_per_step} must be divisible by DP size "
-                             f"{self.dp_size} x micro_batch_size {micro_batch_size} x minibatches "
-                             f"{settings.minibatches}")
+        self.generator = model.generator(task.pad_token_id)
+        self.prompt_ids = [task.encode(p) for p in task.prompts]
+        self.eval_ids = [task.encode(p) for p in task.eval_prompts]
+        self.rng = torch.Generator().manual_seed(self.values["train"]["seed"])
+        self.step_count = 0
+        self.before = None  # evaluation of the initial policy
+        self.checkpoints = self.run_dir / "checkpoints"
 
-    def _prompt_batch(self) -> list[list[int]]:
-        """This DP rank's share of ``rollouts_per_step`` prompts (same draw on every rank)."""
-        picks = torch.randint(len(self.prompts), (self.s.rollouts_per_step,), generator=self.rng).tolist()
-        per_rank = self.s.rollouts_per_step // self.dp_size
-        return [self.prompts[i] for i in picks[self.dp_rank * per_rank:(self.dp_rank + 1) * per_rank]]
+    # ------------------------------------------------------------------ sampling
+    def _sampling(self, seed: int, row_seeds, greedy: bool = False) -> SamplingParams:
+        return SamplingParams(**self.values["task"]["sampling"], greedy=greedy,
+                              eos_token_ids=self.task.eos_token_ids, seed=seed, row_seeds=row_seeds)
 
+    def _local(self, rows: list) -> list:
+        """This DP rank's contiguous share of a global list (equal shares)."""
+        per_rank = len(rows) // self.dp_size
+        return rows[self.dp_rank * per_rank:(self.dp_rank + 1) * per_rank]
+
+    def _score(self, prompt_ids, generation) -> tuple[list[str], list[str], list]:
+        prompts = [self.task.decode(p) for p in prompt_ids]
+        outputs = [self.task.decode(r) for r in generation.responses()]
+        samples = [p + o for p, o in zip(prompts, outputs)]
+        lengths = generation.response_mask.sum(-1).tolist()
+        return prompts, outputs, score(self.task.reward_fn, samples, prompts, outputs,
+                                       response_lengths=lengths, group=self.mp_group)
+
+    # ------------------------------------------------------------------ one step
     def step(self) -> dict:
-        timings, s = {}, self.s
-        clock = time.perf_counter()
-
-        def phase(name):
-            nonlocal clock
-            now = time.perf_counter()
-            timings[f"time/{name}"] = now - clock
-            clock = now
-
-        prompts = self._prompt_batch()
-        out = self.generator.generate(prompts, SamplingParams(
-            eos_token_ids=self.eos_token_ids, seed=1000 + self.iteration, **s.sampling))
-        phase("generate")
-        prompt_texts = [self.decode(p) for p in prompts]
-        outputs = [self.decode(r) for r in out.responses()]
-        samples = [p + o for p, o in zip(prompt_texts, outputs)]
-        scores = torch.tensor(score(self.reward_fn, samples, prompt_texts, outputs, group=self.mp_group))
-        phase("score")
-        experience, stats = make_experience(
-            out, scores, self.policy, self.reference, vocab_size=self.vocab_size,
-            kl_coef=self.kl_controller.value, gamma=s.gamma, lam=s.lam, micro_batch_size=self.micro_batch_size,
-            clip_reward=s.clip_reward, whiten_advantages=s.whiten_advantages, pad_to_multiple_of=self.seq_multiple)
-        phase("experience")
-        batch = experience.learner_batch(self.seq_multiple)
-        seq = batch["tokens"].shape[1]
-        per_minibatch = len(prompts) // s.minibatches
-        step_fn = ppo_forward_step(self.vocab_size, s.clip_ratio, s.clip_value, s.vf_coef, s.entropy_coef)
-        learn = {}
-        for _ in range(s.ppo_epochs):
-            order = torch.randperm(len(prompts), generator=self.rng)
-            for k in range(s.minibatches):
-                rows = order[k * per_minibatch:(k + 1) * per_minibatch]
-                mb = {key: v[rows] for key, v in batch.items()}
-                micro = data_parallel_microbatches(mb, 0, 1, self.micro_batch_size)
-                result = train_step(self.policy, self.optimizer, micro, len(micro), step_fn, seq,
-                                    self.micro_batch_size)
-                learn = result.metrics
-        phase("learn")
+        a = self.values["algorithm"]
+        timer = PhaseTimer()
+        picks = torch.randint(len(self.prompt_ids), (a["rollouts_per_step"],), generator=self.rng).tolist()
+        rows = self._local(list(range(a["rollouts_per_step"])))
+        prompts = [self.prompt_ids[picks[i]] for i in rows]
+        seed = self.values["train"]["seed"] + self.step_count
+        generation = self.generator.generate(prompts, self._sampling(seed, rows))
+        timer("generate")
+        _, _, scores = self._score(prompts, generation)
+        timer("score")
+        experience, stats = self.model.make_experience(generation, torch.tensor(scores))
+        timer("experience")
+        learn = self.model.training_step(experience, self.rng)
         stats = broadcast_from_last_stage(stats)
-        self.kl_controller.update(stats["kl"], n_steps=s.rollouts_per_step)
-        self.iteration += 1
+        self.model.update_kl_controller(stats["kl"], a["rollouts_per_step"])
+        timer("learn")
+        self.step_count += 1
         return {**{f"rollout/{k}": v for k, v in stats.items()}, **{f"learn/{k}": v for k, v in learn.items()},
-                "kl_coef": self.kl_controller.value, **timings}
+                "kl_coef": self.model.kl_controller.value, **timer.times}
+
+    def evaluate(self, num_samples: int = 0) -> tuple[float, list[tuple[str, str, float]]]:
+        """Mean reward on the held-out prompts (greedy or sampled with a fixed seed)
+        and the first ``num_samples`` (prompt, output, reward) triples."""
+        all_rows = list(range(len(self.eval_ids)))
+        rows = all_rows[self.dp_rank::self.dp_size]
+        prompts = [self.eval_ids[i] for i in rows]
+        generation = self.generator.generate(prompts, self._sampling(
+            seed=self.values["train"]["seed"] + 10**6, row_seeds=rows, greedy=self.task.eval_greedy))
+        texts, outputs, scores = self._score(prompts, generation)
+        totals = torch.tensor([sum(float(torch.tensor(s).sum()) for s in scores), float(len(scores))],
+                              dtype=torch.float64)
+        dist.all_reduce(totals, group=parallel_state.get_data_parallel_group())
+        samples = [(p, o, float(torch.tensor(s).sum())) for p, o, s in zip(texts, outputs, scores)]
+        return (totals[0] / totals[1]).item(), samples[:num_samples]
+
+    # ------------------------------------------------------------------ checkpoints
+    def state(self) -> dict:
+        return {"step": self.step_count, "rng": self.rng.get_state(), "before": self.before,
+                **self.model.algorithm_state()}
+
+    def save(self) -> Path:
+        return run_checkpoint.save(self.checkpoints, self.step_count, self.model, self.state(),
+                                   self.values["checkpoint"]["keep_last"])
+
+    def resume(self, log=print) -> bool:
+        """Continue from the newest complete checkpoint, if any. Every rank picks the same one."""
+        found = run_checkpoint.latest_complete(self.checkpoints, log=log if dist.get_rank() == 0 else _quiet)
+        choice = [str(found) if found else None]
+        dist.broadcast_object_list(choice, src=0)
+        if choice[0] is None:
+            return False
+        state = run_checkpoint.load(Path(choice[0]), self.model)
+        self.step_count = state["step"]
+        self.rng.set_state(state["rng"])
+        self.before = state["before"]
+        self.model.load_algorithm_state(state)
+        return True
+
+    # ------------------------------------------------------------------ the run
+    def fit(self) -> dict:
+        """Run to train.total_steps; returns {"before": eval, "after": eval, "history": [...]}."""
+        v = self.values
+        total, eval_every, save_every = (v["train"]["total_steps"], v["train"]["eval_every"],
+                                         v["checkpoint"]["save_every"])
+        rank0 = dist.get_rank() == 0
+        resumed = v["checkpoint"]["resume"] and self.resume()
+        logging_cfg = v["logging"]
+        logger = RunLogger(self.run_dir, total, enabled=rank0, progress_bar=logging_cfg["progress_bar"],
+                           tensorboard=logging_cfg["tensorboard"], wandb=logging_cfg["wandb"],
+                           wandb_project=logging_cfg["wandb_project"], config=v, start_step=self.step_count)
+        if resumed:
+            logger.message(f"resumed from step {self.step_count} ({self.checkpoints})")
+        after = None
+        if not resumed:
+            reward, samples = self.evaluate(logging_cfg["num_samples"])
+            self.before = {"reward": reward, "samples": samples}
+            logger.log(0, {"eval/reward": reward})
+        while self.step_count < total:
+            metrics = self.step()
+            timer = PhaseTimer()
+            last = self.step_count == total
+            if last:
+                reward, samples = self.evaluate(logging_cfg["num_samples"])
+                metrics["eval/reward"], after = reward, {"reward": reward, "samples": samples}
+                timer("evaluate")
+            elif eval_every and self.step_count % eval_every == 0:
+                metrics["eval/reward"], _ = self.evaluate()
+                timer("evaluate")
+            if last or (save_every and self.step_count % save_every == 0):
+                self.save()
+                timer("save")
+            metrics.update(timer.times)
+            metrics["time/step"] = sum(val for key, val in metrics.items()
+                                       if key.startswith("time/") and key != "time/step")
+            logger.log(self.step_count, metrics)
+        if after is None:  # resumed a finished run
+            reward, samples = self.evaluate(logging_cfg["num_samples"])
+            after = {"reward": reward, "samples": samples}
+        logger.plot()
+        logger.close()
+        return {"before": self.before, "after": after, "history": logger.history}
+
+
+def _quiet(*args, **kwargs) -> None:
+    pass

@@ -1,0 +1,84 @@
+"""The frozen reference model of KL-regularised RL, sharing the policy's frozen trunk.
+
+trlX's "hydra" layout: with ``num_layers_unfrozen = k`` (0 <= k < num_layers)
+only the policy's top k decoder layers (plus final norm and, when untied,
+the output layer) are trained. Everything below them is frozen in the policy
+and *is* the reference's trunk: the reference model holds the very same
+module objects, so the trunk is stored once; only the top k layers, final
+norm and output layer are separate frozen copies.
+
+With ``k = -1`` (or k >= num_layers) every policy layer trains and the
+reference is a full frozen copy, optionally parked in CPU memory between
+uses (``offload``) on GPU runs.
+
+Works per pipeline stage: each stage shares the frozen layers it holds
+(global layer number < num_layers - k).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from autorlhf_nemo.models.gpt import build_model
+
+
+def _global_layer_number(layer) -> int:
+    return layer.layer_number - 1  # Megatron numbers layers from 1, globally across stages
+
+
+def freeze_trunk(policy_gpt, num_layers_unfrozen: int) -> int:
+    """Freeze the embedding and all but the top ``num_layers_unfrozen`` layers of
+    ``policy_gpt`` (before DDP wraps it). Returns how many local layers froze."""
+    total = policy_gpt.config.num_layers
+    if num_layers_unfrozen < 0 or num_layers_unfrozen >= total:
+        return 0
+    frozen = 0
+    if policy_gpt.pre_process:
+        policy_gpt.embedding.requires_grad_(False)
+    for layer in policy_gpt.decoder.layers:
+        if _global_layer_number(layer) < total - num_layers_unfrozen:
+            layer.requires_grad_(False)
+            frozen += 1
+    if policy_gpt.share_embeddings_and_output_weights and policy_gpt.post_process:
+        policy_gpt.shared_embedding_or_output_weight().requires_grad_(False)  # tied to the frozen embedding
+    return frozen
+
+
+class ReferenceModel(torch.nn.Module):
+    """A frozen GPTModel for reference log-probs; ``model`` is what schedules run."""
+
+    def __init__(self, policy_gpt, model_cfg, num_layers_unfrozen: int, offload: bool = False):
+        super().__init__()
+        self.model = build_model(model_cfg)
+        self.model.load_state_dict(policy_gpt.state_dict())
+        total = policy_gpt.config.num_layers
+        self.shares_trunk = 0 <= num_layers_unfrozen < total
+        if self.shares_trunk:
+            if self.model.pre_process:
+                self.model.embedding = policy_gpt.embedding
+            for i, layer in enumerate(policy_gpt.decoder.layers):
+                if _global_layer_number(layer) < total - num_layers_unfrozen:
+                    self.model.decoder.layers[i] = layer
+        self.model.requires_grad_(False)
+        self.offload = offload and not self.shares_trunk
+        self.device = next(policy_gpt.parameters()).device
+        if self.offload:
+            self.model.to("cpu")
+
+    def shared_parameters(self, policy_gpt) -> int:
+        """Number of the reference's parameters that are the policy's own tensors."""
+        own = {id(p) for p in policy_gpt.parameters()}
+        return sum(p.numel() for p in self.model.parameters() if id(p) in own)
+
+    @contextlib.contextmanager
+    def on_device(self):
+        """The reference, on the compute device for the duration of the block."""
+        if self.offload:
+            self.model.to(self.device)
+        try:
+            yield self.model
+        finally:
+            if self.offload:
+                self.model.to("cpu")

@@ -1,0 +1,125 @@
+"""RL tasks: prompts, a reward function, a text codec and the policy's initial weights.
+
+    randomwalks  trlX's benchmark (data/randomwalks.py): letters in, optimality out;
+                 the policy is pretrained here on the walks first
+    sentiment    SmolLM2-135M-Instruct asked for movie reviews, VADER reward
+                 (data/sentiment.py)
+    custom       prompts and reward_fn from the Python API (autorlhf_nemo.train)
+
+A task is built the same way on every rank (no communication), before the
+models; ``init_weights(gpt, runtime)`` fills a freshly built policy trunk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from autorlhf_nemo.config.validate import ConfigError, to_container
+
+
+@dataclass
+class Task:
+    name: str
+    prompts: list[str]                 # training prompts (text)
+    eval_prompts: list[str]            # held-out prompts for evaluation
+    reward_fn: Callable                # reward_fn(samples, prompts, outputs, **metadata) -> list
+    encode: Callable[[str], list[int]]
+    decode: Callable[[Sequence[int]], str]
+    eos_token_ids: list[int]
+    pad_token_id: int
+    init_weights: Callable             # init_weights(gpt, cfg, runtime) -> None
+    eval_greedy: bool = False
+
+
+class TokenizerCodec:
+    """Text <-> token ids with a Hugging Face tokenizer, optionally in its chat template."""
+
+    def __init__(self, tokenizer, chat_template: bool):
+        self.tokenizer, self.chat_template = tokenizer, chat_template
+
+    def encode(self, text: str) -> list[int]:
+        if self.chat_template:
+            return self.tokenizer.apply_chat_template([{"role": "user", "content": text}],
+                                                      add_generation_prompt=True, tokenize=True)
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+
+def _load_hf_weights(gpt, cfg, runtime) -> None:
+    from autorlhf_nemo.convert import resolve_hf_checkpoint
+    from autorlhf_nemo.convert.hf_llama import load_hf_checkpoint
+
+    model = to_container(cfg)["model"]
+    load_hf_checkpoint(gpt, resolve_hf_checkpoint(model["hf_checkpoint"]), model)
+
+
+def _hf_codec(cfg):
+    from transformers import AutoTokenizer
+
+    from autorlhf_nemo.convert import resolve_hf_checkpoint
+
+    values = to_container(cfg)
+    if not values["model"]["hf_checkpoint"]:
+        raise ConfigError([f"task={values['task']['name']} needs a tokenizer: set model.hf_checkpoint "
+                           "(e.g. model=smollm2_135m)"])
+    tokenizer = AutoTokenizer.from_pretrained(resolve_hf_checkpoint(values["model"]["hf_checkpoint"]))
+    codec = TokenizerCodec(tokenizer, values["task"]["chat_template"])
+    eos = [tokenizer.eos_token_id]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    return codec, eos, pad
+
+
+def _randomwalks(cfg) -> Task:
+    from autorlhf_nemo.data import randomwalks
+    from autorlhf_nemo.data.randomwalks_pretrain import pretrain
+
+    walks = randomwalks.make_random_walks()
+    task_cfg = to_container(cfg)["task"]
+
+    def init_weights(gpt, cfg, runtime):
+        if to_container(cfg)["model"]["hf_checkpoint"]:  # a walker trained before (e.g. an hf_export)
+            _load_hf_weights(gpt, cfg, runtime)
+        elif task_cfg["pretrain_steps"] > 0:
+            trained, _ = pretrain(cfg, runtime, walks, steps=task_cfg["pretrain_steps"], batch_size=96,
+                                  lr=task_cfg["pretrain_lr"])
+            gpt.load_state_dict(trained.module.state_dict())
+
+    starts = list(walks.prompts)
+    return Task("randomwalks", starts, starts[:task_cfg["num_eval_prompts"]], walks.reward_fn,
+                randomwalks.encode, randomwalks.decode, [randomwalks.EOS], randomwalks.EOS, init_weights,
+                eval_greedy=True)
+
+
+def _sentiment(cfg) -> Task:
+    from autorlhf_nemo.data.sentiment import VaderReward, review_prompts
+
+    codec, eos, pad = _hf_codec(cfg)
+    train, held_out = review_prompts(to_container(cfg)["task"]["num_eval_prompts"])
+    return Task("sentiment", train, held_out, VaderReward(), codec.encode, codec.decode, eos, pad,
+                _load_hf_weights)
+
+
+def build_task(cfg, prompts: Sequence[str] | None = None, reward_fn: Callable | None = None,
+               eval_prompts: Sequence[str] | None = None) -> Task:
+    """The task ``cfg.task.name`` names; ``custom`` takes prompts and reward_fn from the caller."""
+    name = to_container(cfg)["task"]["name"]
+    if name == "custom":
+        if prompts is None or reward_fn is None:
+            raise ConfigError(["task=custom needs prompts and a reward_fn: pass them to "
+                               "autorlhf_nemo.train(prompts=..., reward_fn=...) or pick task=randomwalks|sentiment"])
+        if to_container(cfg)["model"]["hf_checkpoint"]:
+            codec, eos, pad = _hf_codec(cfg)
+            init = _load_hf_weights
+        else:
+            raise ConfigError(["task=custom needs a tokenizer: set model.hf_checkpoint (e.g. model=smollm2_135m)"])
+        return Task("custom", list(prompts), list(eval_prompts or prompts[:64]), reward_fn, codec.encode,
+                    codec.decode, eos, pad, init)
+    if prompts is not None or reward_fn is not None:
+        raise ConfigError([f"task={name} brings its own prompts and reward: use task=custom to pass yours"])
+    builders = {"randomwalks": _randomwalks, "sentiment": _sentiment}
+    if name not in builders:
+        raise ConfigError([f"task.name={name!r} is unknown: use one of {sorted(builders) + ['custom']}"])
+    return builders[name](cfg)

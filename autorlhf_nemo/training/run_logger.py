@@ -1,0 +1,113 @@
+"""Metrics of a run: stdout, JSONL, TensorBoard, optional Weights & Biases,
+a progress bar, and at the end a PNG plot of reward and KL over steps.
+
+Only global rank 0 writes; every other rank gets a logger that does nothing.
+``metrics.jsonl`` holds one JSON object per step; on resume it is cut back to
+the checkpoint's step, so the file always describes one consistent run.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+class RunLogger:
+    def __init__(self, run_dir: Path, total_steps: int, *, enabled: bool, progress_bar: bool = True,
+                 tensorboard: bool = True, wandb: bool = False, wandb_project: str = "autorlhf_nemo",
+                 config: dict | None = None, start_step: int = 0):
+        self.enabled, self.run_dir = enabled, Path(run_dir)
+        self.jsonl = self.run_dir / "metrics.jsonl"
+        self.history: list[dict] = []
+        self.tb = self.wandb = self.bar = None
+        if not enabled:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.history = self._history_until(start_step)
+        self.jsonl.write_text("".join(json.dumps(h) + "\n" for h in self.history))
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=start_step + 1)
+        if wandb:
+            try:
+                import wandb as wandb_module
+            except ImportError as error:
+                raise ImportError("logging.wandb=true needs Weights & Biases: pip install wandb "
+                                  "(WANDB_MODE=offline works without network)") from error
+            self.wandb = wandb_module.init(project=wandb_project, dir=str(self.run_dir), config=config,
+                                           resume="allow")
+        if progress_bar:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total_steps, initial=start_step, desc="rl steps", file=sys.stderr,
+                            dynamic_ncols=True)
+
+    def _history_until(self, step: int) -> list[dict]:
+        if not self.jsonl.exists():
+            return []
+        rows = [json.loads(line) for line in self.jsonl.read_text().splitlines() if line.strip()]
+        return [r for r in rows if r["step"] <= step]
+
+    def log(self, step: int, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        row = {"step": step, **{k: float(v) for k, v in metrics.items()}}
+        self.history.append(row)
+        with open(self.jsonl, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.tb is not None:
+            for key, value in metrics.items():
+                self.tb.add_scalar(key, value, step)
+            self.tb.flush()
+        if self.wandb is not None:
+            self.wandb.log(metrics, step=step)
+        shown = "  ".join(f"{k.split('/')[-1]} {v:.4g}" for k, v in metrics.items()
+                          if k in ("rollout/score", "rollout/kl", "eval/reward", "learn/policy_loss",
+                                   "learn/value_loss", "kl_coef", "time/step"))
+        message = f"step {step}: {shown}"
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+            self.bar.write(message)
+        else:
+            print(message, flush=True)
+
+    def message(self, text: str) -> None:
+        if self.enabled:
+            (self.bar.write if self.bar is not None else print)(text)
+
+    def plot(self) -> Path | None:
+        """reward_and_kl.png: rollout score, eval reward and KL per step."""
+        if not self.enabled or not self.history:
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+        for key, label in (("rollout/score", "rollout reward"), ("eval/reward", "eval reward")):
+            points = [(h["step"], h[key]) for h in self.history if key in h]
+            if points:
+                top.plot(*zip(*points), marker="o" if key.startswith("eval") else None, label=label)
+        top.set_ylabel("reward")
+        top.legend()
+        points = [(h["step"], h["rollout/kl"]) for h in self.history if "rollout/kl" in h]
+        if points:
+            bottom.plot(*zip(*points), color="tab:red")
+        bottom.set_ylabel("KL(policy || reference), nats/sample")
+        bottom.set_xlabel("step")
+        fig.tight_layout()
+        path = self.run_dir / "reward_and_kl.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
