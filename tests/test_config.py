@@ -118,6 +118,14 @@ BAD_CONFIGS = [
     (["parallel.use_distributed_optimizer=true", "train.optimizer=sgd"], 1,
      ["use_distributed_optimizer=true", "train.optimizer=adam"]),
     (["parallel.tensor_model_parallel_size=0"], 1, ["tensor_model_parallel_size=0", ">= 1"]),
+    (["algorithm=ppo", "task=randomwalks", "parallel=dp2"], 2,
+     ["rollouts_per_step=128", "32 x 2 x 4 = 256", "multiple of 256"]),
+    (["algorithm=ppo", "task=randomwalks", "algorithm.num_layers_unfrozen=0"], 1,
+     ["num_layers_unfrozen=0", "-1 (train all layers)", "1..4"]),
+    (["algorithm=ppo", "task.name=chess"], 1, ["task.name='chess'", "randomwalks"]),
+    (["algorithm=ppo", "algorithm.target_kl=0"], 1, ["target_kl=0", "null for a fixed KL"]),
+    (["algorithm=ppo", "algorithm.scale_reward=std"], 1, ["scale_reward='std'", "'running'"]),
+    (["algorithm=ppo", "train.lr_decay_style=step"], 1, ["lr_decay_style='step'", "cosine"]),
 ]
 
 
@@ -126,6 +134,22 @@ def test_bad_config_rejected_with_fields_and_fix(overrides, world, fragments):
     message = _bad(overrides, world)
     for fragment in fragments:
         assert fragment in message, f"{fragment!r} missing from:\n{message}"
+
+
+@pytest.mark.parametrize("task,model,steps", [("randomwalks", "randomwalks_gpt", 20),
+                                              ("sentiment", "smollm2_135m", 30)])
+def test_task_configs_pick_their_model(task, model, steps):
+    cfg = compose_config(["algorithm=ppo", f"task={task}"])
+    assert (cfg.task.name, cfg.model.name, cfg.train.total_steps, cfg.algorithm.name) == (task, model, steps, "ppo")
+    validate_config(cfg, world_size=1)
+    assert compose_config(["algorithm=ppo", f"task={task}", "model=tiny_llama"]).model.name == "tiny_llama"
+
+
+def test_cli_without_reward_for_custom_task_fails_clearly():
+    out = subprocess.run([sys.executable, "-m", "autorlhf_nemo", "algorithm=ppo", "model=smollm2_135m"],
+                         capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 2
+    assert "task=custom needs prompts and a reward_fn" in out.stderr
 
 
 def test_world_size_disagreeing_with_launcher(monkeypatch):

@@ -27,6 +27,7 @@ from autorlhf_nemo.algorithms.ppo.kl import make_kl_controller
 from autorlhf_nemo.algorithms.ppo.rollout import make_experience
 from autorlhf_nemo.algorithms.ppo.shaping import RunningMoments
 from autorlhf_nemo.algorithms.ppo.step import ppo_forward_step
+from autorlhf_nemo.checkpoint.dist import per_layer_keys
 from autorlhf_nemo.config.validate import to_container
 from autorlhf_nemo.generation import Generator, SamplingParams
 from autorlhf_nemo.models.gpt import build_model
@@ -139,8 +140,8 @@ class PPOModel(ModelPT):
     def sharded_state_dict(self, prefix: str = "", is_loading: bool = False, **kwargs) -> dict:
         """Model (trunk + value head) and optimizer shards for Megatron dist checkpointing."""
         model_state = self.policy.module.sharded_state_dict(prefix="policy.")
-        return {"model": model_state,
-                "optimizer": self.optimizer.sharded_state_dict(model_state, is_loading=is_loading)}
+        optimizer_state = self.optimizer.sharded_state_dict(model_state, is_loading=is_loading)
+        return {"model": model_state, "optimizer": per_layer_keys(optimizer_state)}
 
     def load_sharded_state_dict(self, state: dict) -> None:
         weights = {k[len("policy."):]: v for k, v in state["model"].items()}
