@@ -92,8 +92,11 @@ def test_pipeline_parallel_run_saves_resumes_and_learns(tmp_path):
     assert summary["before"]["reward"] < 0.9 and summary["after"]["reward"] >= 0.95
 
 
+FROZEN = ["algorithm.num_layers_unfrozen=2"]  # top 2 of 4 layers train; the reference shares the rest
 LAYOUTS = {"tp1": (1, []), "tp2": (2, ["parallel=tp2"]), "pp2": (2, ["parallel=pp2"]),
-           "dp2": (2, ["parallel=dp2"]), "tp2_sp": (2, ["parallel=tp2_sp"])}
+           "dp2": (2, ["parallel=dp2"]), "tp2_sp": (2, ["parallel=tp2_sp"]),
+           "tp1_frozen_cached": (1, FROZEN), "tp1_frozen_full": (1, [*FROZEN, "algorithm.cache_frozen_trunk=false"]),
+           "tp2_sp_frozen_cached": (2, ["parallel=tp2_sp", *FROZEN])}
 
 
 @pytest.fixture(scope="module")
@@ -109,9 +112,13 @@ def invariance_runs(pretrained_walker, tmp_path_factory):
     return runs
 
 
-@pytest.mark.parametrize("layout", ["tp2", "pp2", "dp2", "tp2_sp"])
-def test_first_ppo_steps_are_layout_invariant(invariance_runs, layout):
-    base, other = invariance_runs["tp1"], invariance_runs[layout]
+@pytest.mark.parametrize("base,layout", [("tp1", "tp2"), ("tp1", "pp2"), ("tp1", "dp2"), ("tp1", "tp2_sp"),
+                                         ("tp1_frozen_full", "tp1_frozen_cached"),
+                                         ("tp1_frozen_full", "tp2_sp_frozen_cached")])
+def test_first_ppo_steps_are_layout_invariant(invariance_runs, base, layout):
+    """Same losses at every layout; and with a frozen trunk, the same with its
+    output cached once per rollout (hydra forward) as with full forwards."""
+    base, other = invariance_runs[base], invariance_runs[layout]
     assert base[1]["rollout/kl"] == 0.0 and other[1]["rollout/kl"] == 0.0
     for step in (1, 2, 3):
         assert other[step]["rollout/score"] == pytest.approx(base[step]["rollout/score"], abs=1e-6)  # same samples

@@ -129,6 +129,9 @@ class AlgorithmConfig:
     # Reference model: top layers trained and copied for the reference; the frozen
     # trunk below is shared. -1: all layers trained, the reference is a full copy.
     num_layers_unfrozen: int = -1
+    # With a frozen trunk (and PP=1): run it once per rollout and reuse its output for the
+    # reference and every learning epoch (trlX's hydra forward); off: full forwards.
+    cache_frozen_trunk: bool = True
     # Keep the full reference copy in CPU memory between uses (GPU runs).
     offload_reference: bool = False
     value_head_seed: int = 1

@@ -42,13 +42,14 @@ class PolicyValueModel(MegatronModule):
     def shared_embedding_or_output_weight(self):
         return self.gpt.shared_embedding_or_output_weight()
 
-    def forward(self, tokens, position_ids, attention_mask):
+    def forward(self, tokens, position_ids, attention_mask, decoder_input=None):
+        """``decoder_input`` [s, b, H]: a cached frozen-trunk output (models/reference.FrozenTrunk)."""
         if self.value_head is None:
-            return self.gpt(tokens, position_ids, attention_mask)
+            return self.gpt(tokens, position_ids, attention_mask, decoder_input=decoder_input)
         captured = []
         hook = self.gpt.decoder.register_forward_hook(lambda module, args, output: captured.append(output))
         try:
-            logits = self.gpt(tokens, position_ids, attention_mask)
+            logits = self.gpt(tokens, position_ids, attention_mask, decoder_input=decoder_input)
         finally:
             hook.remove()
         values = self.value_head(captured[0])[..., 0]          # [s, b]

@@ -82,3 +82,61 @@ class ReferenceModel(torch.nn.Module):
         finally:
             if self.offload:
                 self.model.to("cpu")
+
+
+def model_inputs(batch: dict) -> dict:
+    """Keyword arguments for a GPTModel/PolicyValueModel call on a micro-batch:
+    the cached frozen-trunk output, when the batch carries one, replaces the embedding."""
+    if "trunk_hidden" not in batch:
+        return {}
+    return {"decoder_input": batch["trunk_hidden"].transpose(0, 1).contiguous()}  # [b, s, h] -> [s, b, h]
+
+
+class FrozenTrunk:
+    """Run the frozen trunk once per rollout and reuse its output (trlX's hydra forward).
+
+    The embedding and the bottom ``frozen`` layers do not change during a PPO
+    step, so their output is computed once for the rollout's sequences and fed
+    as ``decoder_input`` to the top layers of the policy (experience and every
+    learning epoch) and of the reference. Single pipeline stage only: with
+    PP > 1 the frozen layers may span stages and every forward runs in full.
+    """
+
+    def __init__(self, policy_gpt, num_layers_unfrozen: int):
+        total = policy_gpt.config.num_layers
+        self.frozen = total - num_layers_unfrozen
+        self.gpt = policy_gpt
+
+    @staticmethod
+    def applies(policy_gpt, num_layers_unfrozen: int) -> bool:
+        return (policy_gpt.pre_process and policy_gpt.post_process
+                and 0 < num_layers_unfrozen < policy_gpt.config.num_layers)
+
+    @contextlib.contextmanager
+    def _layers(self, gpt, layers, trunk_only: bool):
+        decoder = gpt.decoder
+        saved = decoder.layers, decoder.final_layernorm, gpt.post_process
+        decoder.layers = torch.nn.ModuleList(layers)
+        if trunk_only:  # stop after the frozen layers: no final norm, no output layer
+            decoder.final_layernorm, gpt.post_process = None, False
+        try:
+            yield gpt
+        finally:
+            decoder.layers, decoder.final_layernorm, gpt.post_process = saved
+
+    def top(self, gpt):
+        """Context: ``gpt`` (the policy's or the reference's GPTModel) runs only its
+        layers above the trunk, reading ``decoder_input``."""
+        return self._layers(gpt, list(gpt.decoder.layers)[self.frozen:], trunk_only=False)
+
+    @torch.no_grad()
+    def hidden(self, batch: dict, micro_batch_size: int) -> torch.Tensor:
+        """Trunk output for ``batch`` (tokens, position_ids, attention_mask): [b, s, h]
+        ([b, s/tp, h] under sequence parallelism)."""
+        outputs = []
+        with self._layers(self.gpt, list(self.gpt.decoder.layers)[:self.frozen], trunk_only=True) as gpt:
+            for start in range(0, batch["tokens"].shape[0], micro_batch_size):
+                rows = slice(start, start + micro_batch_size)
+                out = gpt(batch["tokens"][rows], batch["position_ids"][rows], batch["attention_mask"][rows])
+                outputs.append(out.transpose(0, 1))
+        return torch.cat(outputs)

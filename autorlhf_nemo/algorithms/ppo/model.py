@@ -17,6 +17,8 @@ NeMo contributes the module contract and ``.nemo``-style config handling.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from megatron.core import parallel_state
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
@@ -32,7 +34,7 @@ from autorlhf_nemo.config.validate import to_container
 from autorlhf_nemo.generation import Generator, SamplingParams
 from autorlhf_nemo.models.gpt import build_model
 from autorlhf_nemo.models.policy import PolicyValueModel
-from autorlhf_nemo.models.reference import ReferenceModel, freeze_trunk
+from autorlhf_nemo.models.reference import FrozenTrunk, ReferenceModel, freeze_trunk
 from autorlhf_nemo.training.batching import data_parallel_microbatches
 from autorlhf_nemo.training.engine import build_optimizer, train_step, wrap_for_training
 
@@ -75,6 +77,8 @@ class PPOModel(ModelPT):
         self.kl_controller = make_kl_controller(a["init_kl_coef"], a["target_kl"], a["kl_horizon"])
         self.score_moments = RunningMoments()
         self.seq_multiple = runtime.tp_size if values["parallel"]["sequence_parallel"] else 1
+        self.trunk = FrozenTrunk(gpt, a["num_layers_unfrozen"]) \
+            if a["cache_frozen_trunk"] and FrozenTrunk.applies(gpt, a["num_layers_unfrozen"]) else None
 
     # ------------------------------------------------------------------ ModelPT contract
     def setup_training_data(self, train_data_config):
@@ -103,7 +107,7 @@ class PPOModel(ModelPT):
                 generation, scores, self.policy, reference, vocab_size=self.vocab_size,
                 kl_coef=self.kl_controller.value, gamma=a["gamma"], lam=a["lam"],
                 micro_batch_size=self.micro_batch_size, clip_reward=a["clip_reward"],
-                whiten_advantages=a["whiten_advantages"], pad_to_multiple_of=self.seq_multiple)
+                whiten_advantages=a["whiten_advantages"], pad_to_multiple_of=self.seq_multiple, trunk=self.trunk)
 
     def training_step(self, experience, generator: torch.Generator) -> dict:
         """ppo_epochs passes over this rank's experience, ``minibatches`` optimizer steps each;
@@ -126,8 +130,9 @@ class PPOModel(ModelPT):
                 rows = order[k * per_minibatch:(k + 1) * per_minibatch]
                 micro = data_parallel_microbatches({key: v[rows] for key, v in batch.items()}, 0, 1,
                                                    self.micro_batch_size)
-                result = train_step(self.policy, self.optimizer, micro, len(micro), step_fn, seq,
-                                    self.micro_batch_size)
+                with self.trunk.top(self.policy.module.gpt) if self.trunk else contextlib.nullcontext():
+                    result = train_step(self.policy, self.optimizer, micro, len(micro), step_fn, seq,
+                                        self.micro_batch_size)
                 metrics = {**result.metrics, "lr": self.scheduler.get_lr(self.optimizer.param_groups[0]),
                            "grad_norm": float(result.grad_norm or 0.0)}
                 self.scheduler.step(increment=1)

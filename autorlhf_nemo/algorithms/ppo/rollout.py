@@ -13,6 +13,7 @@ pipeline stage only; other stages hold zeros there (they never read them).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +21,7 @@ from megatron.core import parallel_state
 
 from autorlhf_nemo.algorithms.ppo.shaping import clip_scores, kl_penalized_rewards
 from autorlhf_nemo.algorithms.ppo.step import make_ppo_batch
+from autorlhf_nemo.models.reference import FrozenTrunk, model_inputs
 from autorlhf_nemo.ops.advantages import gae
 from autorlhf_nemo.ops.masked import masked_mean, masked_whiten
 from autorlhf_nemo.ops.vocab_parallel import token_log_probs
@@ -41,23 +43,26 @@ class Experience:
     rewards: torch.Tensor
     advantages: torch.Tensor
     returns: torch.Tensor
+    trunk_hidden: torch.Tensor | None = None  # cached frozen-trunk output [b, S, H] (FrozenTrunk)
 
     def learner_batch(self, pad_to_multiple_of: int = 1) -> dict:
-        return make_ppo_batch(self.prompt_ids, self.prompt_mask, self.response_ids, self.response_mask,
-                              pad_to_multiple_of, old_logprobs=self.logprobs, old_values=self.values,
-                              advantages=self.advantages, returns=self.returns)
+        batch = make_ppo_batch(self.prompt_ids, self.prompt_mask, self.response_ids, self.response_mask,
+                               pad_to_multiple_of, old_logprobs=self.logprobs, old_values=self.values,
+                               advantages=self.advantages, returns=self.returns)
+        if self.trunk_hidden is not None:
+            batch["trunk_hidden"] = self.trunk_hidden
+        return batch
 
 
-def response_forward(model, prompt_ids, prompt_mask, response_ids, response_mask, vocab_size: int,
-                     micro_batch_size: int, pad_to_multiple_of: int = 1, with_values: bool = True):
+def response_forward(model, batch: dict, prompt_len: int, response_mask, vocab_size: int,
+                     micro_batch_size: int, with_values: bool = True):
     """Log-probs [b, R] (and values [b, R] from a PolicyValueModel) of the response
-    tokens on the last stage; None elsewhere."""
-    batch = make_ppo_batch(prompt_ids, prompt_mask, response_ids, response_mask, pad_to_multiple_of)
+    tokens of ``batch`` (from make_ppo_batch) on the last stage; None elsewhere."""
     micro = data_parallel_microbatches(batch, 0, 1, micro_batch_size)
     seq = batch["tokens"].shape[1]
 
     def step(mb, model):
-        output = model(mb["tokens"], mb["position_ids"], mb["attention_mask"])
+        output = model(mb["tokens"], mb["position_ids"], mb["attention_mask"], **model_inputs(mb))
 
         def collect(out, non_loss_data=False):
             logits, values = out if with_values else (out, None)
@@ -68,7 +73,7 @@ def response_forward(model, prompt_ids, prompt_mask, response_ids, response_mask
     outputs = forward_only(model, micro, len(micro), step, seq, micro_batch_size)
     if not parallel_state.is_pipeline_last_stage():
         return None
-    start, width = prompt_ids.shape[1] - 1, response_ids.shape[1]
+    start, width = prompt_len - 1, response_mask.shape[1]
     mask = response_mask.float()
     logprobs = torch.cat([o[0] for o in outputs])[:, start:start + width] * mask
     values = torch.cat([o[1] for o in outputs])[:, start:start + width] * mask if with_values else None
@@ -77,20 +82,30 @@ def response_forward(model, prompt_ids, prompt_mask, response_ids, response_mask
 
 def make_experience(generation, scores: torch.Tensor, policy, reference, *, vocab_size: int, kl_coef: float,
                     gamma: float, lam: float, micro_batch_size: int, clip_reward: float | None = None,
-                    whiten_advantages: bool = True, pad_to_multiple_of: int = 1) -> tuple[Experience, dict]:
+                    whiten_advantages: bool = True, pad_to_multiple_of: int = 1,
+                    trunk: FrozenTrunk | None = None) -> tuple[Experience, dict]:
     """Experience of this DP rank's generations plus rollout statistics
-    (means over the DP group): score, kl (summed per sequence), response length."""
+    (means over the DP group): score, kl (summed per sequence), response length.
+
+    ``policy``: the (DDP-wrapped) PolicyValueModel; ``reference``: a GPTModel;
+    ``trunk``: compute the shared frozen trunk once for both (and for learning)."""
     g = generation
     mask = g.response_mask
     scores = clip_scores(scores.float(), clip_reward)
-    args = (g.prompt_ids, g.prompt_mask, g.response_ids, mask, vocab_size, micro_batch_size, pad_to_multiple_of)
-    policy_out = response_forward(policy, *args, with_values=True)
-    reference_out = response_forward(reference, *args, with_values=False)
+    batch = make_ppo_batch(g.prompt_ids, g.prompt_mask, g.response_ids, mask, pad_to_multiple_of)
+    trunk_hidden = trunk.hidden(batch, micro_batch_size) if trunk is not None else None
+    if trunk_hidden is not None:
+        batch["trunk_hidden"] = trunk_hidden
+    args = (batch, g.prompt_ids.shape[1], mask, vocab_size, micro_batch_size)
+    with trunk.top(_unwrap(policy).gpt) if trunk else contextlib.nullcontext():
+        policy_out = response_forward(policy, *args, with_values=True)
+    with trunk.top(reference) if trunk else contextlib.nullcontext():
+        reference_out = response_forward(reference, *args, with_values=False)
     dp_group = parallel_state.get_data_parallel_group()
     zeros = torch.zeros(mask.shape)
     if policy_out is None:  # not the last pipeline stage
         return Experience(g.prompt_ids, g.prompt_mask, g.response_ids, mask, scores, zeros, zeros, zeros,
-                          zeros, zeros, zeros, zeros), {}
+                          zeros, zeros, zeros, zeros, trunk_hidden), {}
     logprobs, values = policy_out
     ref_logprobs = reference_out[0]
     rewards, kl = kl_penalized_rewards(scores, logprobs, ref_logprobs, mask, kl_coef)
@@ -103,4 +118,8 @@ def make_experience(generation, scores: torch.Tensor, policy, reference, *, voca
              "kl": masked_mean(kl.sum(-1), rows, dp_group).item(),
              "response_length": masked_mean(mask.sum(-1).float(), rows, dp_group).item()}
     return Experience(g.prompt_ids, g.prompt_mask, g.response_ids, mask, scores, logprobs, ref_logprobs,
-                      values, kl, rewards, advantages, returns), stats
+                      values, kl, rewards, advantages, returns, trunk_hidden), stats
+
+
+def _unwrap(model):
+    return getattr(model, "module", model)

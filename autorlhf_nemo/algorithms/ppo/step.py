@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from autorlhf_nemo.algorithms.ppo.losses import policy_loss, value_loss
+from autorlhf_nemo.models.reference import model_inputs
 from autorlhf_nemo.ops.vocab_parallel import entropy, token_log_probs
 from autorlhf_nemo.training.lm import make_lm_batch
 
@@ -51,7 +52,7 @@ def ppo_forward_step(vocab_size: int, clip_ratio: float, clip_value: float, vf_c
     """forward_step(batch, model) for Megatron's schedules; model is a PolicyValueModel."""
 
     def forward_step(batch: dict, model):
-        output = model(batch["tokens"], batch["position_ids"], batch["attention_mask"])
+        output = model(batch["tokens"], batch["position_ids"], batch["attention_mask"], **model_inputs(batch))
 
         def loss_func(output, non_loss_data: bool = False):
             logits, values = output
