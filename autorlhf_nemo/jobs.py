@@ -54,6 +54,7 @@ def run_rl(cfg, prompts=None, reward_fn=None, eval_prompts=None) -> dict:
     train (resuming from the newest complete checkpoint), export, report.
     Returns the trainer's summary (before/after evaluation, per-step history)."""
     import json
+    import time
     from pathlib import Path
 
     import torch.distributed as dist
@@ -61,6 +62,7 @@ def run_rl(cfg, prompts=None, reward_fn=None, eval_prompts=None) -> dict:
     from autorlhf_nemo.parallel.runtime import initialize, shutdown
     from autorlhf_nemo.tasks import build_task
 
+    start = time.perf_counter()
     validate_config(cfg)  # before the task loads a tokenizer or anything starts
     task = build_task(cfg, prompts=prompts, reward_fn=reward_fn, eval_prompts=eval_prompts)
     runtime = initialize(cfg)
@@ -78,6 +80,7 @@ def run_rl(cfg, prompts=None, reward_fn=None, eval_prompts=None) -> dict:
         source = values["model"]["hf_checkpoint"]
         export_hf_checkpoint(model.policy.module.gpt, values["model"], run_dir / "hf_export",
                              tokenizer_dir=resolve_hf_checkpoint(source) if source else None)
+    summary["wall_seconds"] = time.perf_counter() - start
     if runtime.rank == 0:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         print(report(summary, values), flush=True)
@@ -95,6 +98,10 @@ def report(summary: dict, values: dict) -> str:
         lines.append(f"eval reward before: {before['reward']:.3f}")
     lines.append(f"eval reward after:  {after['reward']:.3f}"
                  + (f"  (change {after['reward'] - before['reward']:+.3f})" if before else ""))
+    steps = [h for h in summary["history"] if "time/step" in h]
+    if steps:
+        lines.append(f"wall time {summary['wall_seconds'] / 60:.1f} min, "
+                     f"{sum(h['time/step'] for h in steps) / len(steps):.1f} s per step")
     last = summary["history"][-1]
     if "rollout/kl" in last:
         lines.append(f"KL(policy || initial policy) at the last step: {last['rollout/kl']:.3f} nats/sample")

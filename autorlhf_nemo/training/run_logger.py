@@ -45,7 +45,8 @@ class RunLogger:
                             dynamic_ncols=True)
 
     def _history_until(self, step: int) -> list[dict]:
-        if not self.jsonl.exists():
+        """Rows 0..step of an earlier run being resumed (none for a fresh start)."""
+        if step == 0 or not self.jsonl.exists():
             return []
         rows = [json.loads(line) for line in self.jsonl.read_text().splitlines() if line.strip()]
         return [r for r in rows if r["step"] <= step]

@@ -84,7 +84,7 @@ class PPOTrainer:
         timer("generate")
         _, _, scores = self._score(prompts, generation)
         timer("score")
-        experience, stats = self.model.make_experience(generation, torch.tensor(scores))
+        experience, stats = self.model.make_experience(generation, score_tensor(scores, generation.response_mask))
         timer("experience")
         learn = self.model.training_step(experience, self.rng)
         stats = broadcast_from_last_stage(stats)
@@ -102,11 +102,12 @@ class PPOTrainer:
         prompts = [self.eval_ids[i] for i in rows]
         generation = self.generator.generate(prompts, self._sampling(
             seed=self.values["train"]["seed"] + 10**6, row_seeds=rows, greedy=self.task.eval_greedy))
-        texts, outputs, scores = self._score(prompts, generation)
+        _, outputs, scores = self._score(prompts, generation)
         totals = torch.tensor([sum(float(torch.tensor(s).sum()) for s in scores), float(len(scores))],
                               dtype=torch.float64)
         dist.all_reduce(totals, group=parallel_state.get_data_parallel_group())
-        samples = [(p, o, float(torch.tensor(s).sum())) for p, o, s in zip(texts, outputs, scores)]
+        shown = [self.task.eval_prompts[i] for i in rows]  # the prompt as written, not its chat template
+        samples = [(p, o, float(torch.tensor(s).sum())) for p, o, s in zip(shown, outputs, scores)]
         return (totals[0] / totals[1]).item(), samples[:num_samples]
 
     # ------------------------------------------------------------------ checkpoints
@@ -179,3 +180,13 @@ class PPOTrainer:
 
 def _quiet(*args, **kwargs) -> None:
     pass
+
+
+def score_tensor(scores: list, response_mask: torch.Tensor) -> torch.Tensor:
+    """[b] sequence scores, or [b, R] from per-token score lists (one per response token)."""
+    if not scores or not isinstance(scores[0], (list, tuple)):
+        return torch.tensor(scores, dtype=torch.float32)
+    dense = torch.zeros(response_mask.shape, dtype=torch.float32)
+    for row, values in enumerate(scores):
+        dense[row, :len(values)] = torch.tensor(values, dtype=torch.float32)
+    return dense
