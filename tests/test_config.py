@@ -136,7 +136,7 @@ def test_bad_config_rejected_with_fields_and_fix(overrides, world, fragments):
         assert fragment in message, f"{fragment!r} missing from:\n{message}"
 
 
-@pytest.mark.parametrize("task,model,steps", [("randomwalks", "randomwalks_gpt", 20),
+@pytest.mark.parametrize("task,model,steps", [("randomwalks", "randomwalks_gpt", 30),
                                               ("sentiment", "smollm2_135m", 30)])
 def test_task_configs_pick_their_model(task, model, steps):
     cfg = compose_config(["algorithm=ppo", f"task={task}"])

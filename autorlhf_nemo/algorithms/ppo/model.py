@@ -31,7 +31,7 @@ from autorlhf_nemo.algorithms.ppo.shaping import RunningMoments
 from autorlhf_nemo.algorithms.ppo.step import ppo_forward_step
 from autorlhf_nemo.checkpoint.dist import per_layer_keys
 from autorlhf_nemo.config.validate import to_container
-from autorlhf_nemo.generation import Generator, SamplingParams
+from autorlhf_nemo.generation import Generator
 from autorlhf_nemo.models.gpt import build_model
 from autorlhf_nemo.models.policy import PolicyValueModel
 from autorlhf_nemo.models.reference import FrozenTrunk, ReferenceModel, freeze_trunk
