@@ -25,6 +25,9 @@ def test_train_with_custom_reward_and_prompts(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert rows[1]["rollout/kl"] == 0.0 and abs(rows[1]["learn/policy_ratio"] - 1.0) < 1e-6
     assert (tmp_path / "run" / "checkpoints" / "step_000002" / "COMPLETE").is_file()
+    # LR schedule (Megatron's scheduler): one warm-up step from 0, then 1e-5 (cosine over the 2 steps).
+    assert rows[1]["learn/lr"] == 0.0 and rows[2]["learn/lr"] == 1e-5
+    assert rows[2]["rollout/kl"] == 0.0   # a step at lr 0 leaves the policy where it was
 
 
 def test_reward_function_exception_names_the_sample(tmp_path):

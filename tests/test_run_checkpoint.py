@@ -52,3 +52,20 @@ def test_prune_keeps_the_last_n_complete(tmp_path):
         fake_checkpoint(tmp_path, step)
     run_checkpoint._prune(tmp_path, keep_last=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step_000003", "step_000004"]
+
+
+def test_resumed_metrics_file_is_cut_back_and_the_checkpointed_row_restored(tmp_path):
+    from autorlhf_nemo.training.run_logger import RunLogger
+
+    rows = [{"step": s, "rollout/score": s / 10} for s in range(5)]   # steps 0-4 logged, then killed
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:3]))
+    # The step-3 checkpoint was saved but the kill came before its row was written.
+    logger = RunLogger(tmp_path, 6, enabled=True, progress_bar=False, tensorboard=False, start_step=3,
+                       restored_row={"rollout/score": 0.3})
+    logger.log(4, {"rollout/score": 0.4})
+    logger.close()
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [0, 1, 2, 3, 4] and lines[3]["rollout/score"] == 0.3
+    # A fresh run (start_step 0) starts an empty file.
+    RunLogger(tmp_path, 6, enabled=True, progress_bar=False, tensorboard=False).close()
+    assert (tmp_path / "metrics.jsonl").read_text() == ""

@@ -16,7 +16,10 @@ from pathlib import Path
 class RunLogger:
     def __init__(self, run_dir: Path, total_steps: int, *, enabled: bool, progress_bar: bool = True,
                  tensorboard: bool = True, wandb: bool = False, wandb_project: str = "autorlhf_nemo",
-                 config: dict | None = None, start_step: int = 0):
+                 config: dict | None = None, start_step: int = 0, restored_row: dict | None = None):
+        """``start_step``: the step a resumed run continues from (0: fresh); ``restored_row``:
+        that step's metrics from the checkpoint, written if the file lacks them (killed
+        between saving and logging)."""
         self.enabled, self.run_dir = enabled, Path(run_dir)
         self.jsonl = self.run_dir / "metrics.jsonl"
         self.history: list[dict] = []
@@ -25,6 +28,8 @@ class RunLogger:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.history = self._history_until(start_step)
+        if restored_row and start_step > 0 and not any(r["step"] == start_step for r in self.history):
+            self.history.append({"step": start_step, **{k: float(v) for k, v in restored_row.items()}})
         self.jsonl.write_text("".join(json.dumps(h) + "\n" for h in self.history))
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter

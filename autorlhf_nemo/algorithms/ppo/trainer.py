@@ -52,6 +52,7 @@ class PPOTrainer:
         self.rng = torch.Generator().manual_seed(self.values["train"]["seed"])
         self.step_count = 0
         self.before = None  # evaluation of the initial policy
+        self.restored_row = None  # the checkpointed step's metrics, on resume
         self.checkpoints = self.run_dir / "checkpoints"
 
     # ------------------------------------------------------------------ sampling
@@ -111,12 +112,14 @@ class PPOTrainer:
         return (totals[0] / totals[1]).item(), samples[:num_samples]
 
     # ------------------------------------------------------------------ checkpoints
-    def state(self) -> dict:
+    def state(self, metrics: dict | None = None) -> dict:
+        """Replicated checkpoint state; ``metrics``: this step's row, restored into
+        metrics.jsonl on resume if the run died before writing it."""
         return {"step": self.step_count, "rng": self.rng.get_state(), "before": self.before,
-                **self.model.algorithm_state()}
+                "metrics": metrics, **self.model.algorithm_state()}
 
-    def save(self) -> Path:
-        return run_checkpoint.save(self.checkpoints, self.step_count, self.model, self.state(),
+    def save(self, metrics: dict | None = None) -> Path:
+        return run_checkpoint.save(self.checkpoints, self.step_count, self.model, self.state(metrics),
                                    self.values["checkpoint"]["keep_last"])
 
     def resume(self, log=print) -> bool:
@@ -129,7 +132,7 @@ class PPOTrainer:
         state = run_checkpoint.load(Path(choice[0]), self.model)
         self.step_count = state["step"]
         self.rng.set_state(state["rng"])
-        self.before = state["before"]
+        self.before, self.restored_row = state["before"], state["metrics"]
         self.model.load_algorithm_state(state)
         return True
 
@@ -144,7 +147,8 @@ class PPOTrainer:
         logging_cfg = v["logging"]
         logger = RunLogger(self.run_dir, total, enabled=rank0, progress_bar=logging_cfg["progress_bar"],
                            tensorboard=logging_cfg["tensorboard"], wandb=logging_cfg["wandb"],
-                           wandb_project=logging_cfg["wandb_project"], config=v, start_step=self.step_count)
+                           wandb_project=logging_cfg["wandb_project"], config=v, start_step=self.step_count,
+                           restored_row=self.restored_row)
         if resumed:
             logger.message(f"resumed from step {self.step_count} ({self.checkpoints})")
         after = None
@@ -164,7 +168,7 @@ class PPOTrainer:
                 metrics["eval/reward"], _ = self.evaluate()
                 timer("evaluate")
             if last or (save_every and self.step_count % save_every == 0):
-                self.save()
+                self.save(metrics={**metrics, **timer.times})
                 timer("save")
             metrics.update(timer.times)
             metrics["time/step"] = sum(val for key, val in metrics.items()
