@@ -24,6 +24,8 @@ INSTALL_REQUIRES = [
     # The algorithm modules are NeMo ModelPT subclasses; 2.7.x is the last release
     # with the LLM collection. Imported lazily, never by the low-level modules.
     "nemo-toolkit[core]>=2.7,<2.8",
+    # Slurm sweeps from Hydra (hydra/launcher=slurm) and the submitit job environment.
+    "hydra-submitit-launcher>=1.2,<1.3",
 ]
 
 EXTRAS_REQUIRE = {
@@ -38,11 +40,14 @@ setup(
     version="0.1.0",
     description="RLHF (PPO, ILQL, online DPO, RLOO) on NVIDIA Megatron-core",
     python_requires=">=3.10",
-    packages=find_packages(include=["autorlhf_nemo", "autorlhf_nemo.*"]) + ["autorlhf_nemo.conf"],
-    # The Hydra config tree lives at the top level (conf/) and ships inside the
-    # package as autorlhf_nemo.conf, so installed copies find it too.
-    package_dir={"autorlhf_nemo.conf": "conf"},
-    package_data={"autorlhf_nemo.conf": ["*.yaml", "*/*.yaml", "*/*/*.yaml"]},
+    packages=find_packages(include=["autorlhf_nemo", "autorlhf_nemo.*"]) + ["autorlhf_nemo.conf",
+                                                                              "autorlhf_nemo.launch"],
+    # The Hydra config tree (conf/) and the Slurm template (launch/) live at the top level
+    # and ship inside the package as autorlhf_nemo.conf and autorlhf_nemo.launch, so
+    # installed copies (the Docker image) find them too.
+    package_dir={"autorlhf_nemo.conf": "conf", "autorlhf_nemo.launch": "launch"},
+    package_data={"autorlhf_nemo.conf": ["*.yaml", "*/*.yaml", "*/*/*.yaml"],
+                  "autorlhf_nemo.launch": ["*.sbatch"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
     entry_points={"console_scripts": ["autorlhf-nemo=autorlhf_nemo.__main__:main"]},

@@ -126,6 +126,7 @@ BAD_CONFIGS = [
     (["algorithm=ppo", "algorithm.target_kl=0"], 1, ["target_kl=0", "null for a fixed KL"]),
     (["algorithm=ppo", "algorithm.scale_reward=std"], 1, ["scale_reward='std'", "'running'"]),
     (["algorithm=ppo", "train.lr_decay_style=step"], 1, ["lr_decay_style='step'", "cosine"]),
+    (["train.recompute=block"], 1, ["train.recompute='block'", "selective or full"]),
 ]
 
 
@@ -175,3 +176,32 @@ def test_unknown_keys_in_plain_dict_rejected():
     assert "unknown key 'parallel.tensor_parallel'" in message
     assert "did you mean tensor_model_parallel_size" in message
     assert "unknown key 'trainer'" in message
+
+
+@pytest.mark.parametrize("recipe, world, tp, pp", [("llama3_8b_ppo", 8, 2, 1), ("llama3_70b_ppo", 32, 8, 4)])
+def test_cluster_recipes_compose_and_validate_at_their_allocation(recipe, world, tp, pp):
+    cfg = compose_config([f"recipe={recipe}", "model.hf_checkpoint=/models/x"])
+    values = to_container(cfg)
+    assert values["cluster"]["nodes"] * values["cluster"]["gpus_per_node"] == world
+    assert (values["parallel"]["tensor_model_parallel_size"], values["parallel"]["pipeline_model_parallel_size"]) \
+        == (tp, pp)
+    assert values["algorithm"]["name"] == "ppo" and values["parallel"]["sequence_parallel"]
+    validate_config(cfg, world_size=world)
+    with pytest.raises(ConfigError, match=f"world size {world + 1}"):
+        validate_config(cfg, world_size=world + 1)
+
+
+@pytest.mark.parametrize("time, minutes", [("30", 30), ("30:15", 31), ("04:00:00", 240), ("1-00", 1440),
+                                           ("1-02:30", 1590), ("2-00:00:01", 2881)])
+def test_slurm_time_limits_in_minutes(time, minutes):
+    from autorlhf_nemo.config.schema import slurm_minutes
+
+    assert slurm_minutes(time) == minutes
+
+
+def test_recompute_reaches_megatron_config():
+    from autorlhf_nemo.models.gpt import transformer_config
+
+    full = transformer_config(compose_config(["train.recompute=full"]))
+    assert (full.recompute_granularity, full.recompute_method, full.recompute_num_layers) == ("full", "uniform", 1)
+    assert transformer_config(compose_config([])).recompute_granularity is None

@@ -29,6 +29,9 @@ LAYOUTS = {
     "tp2_pp2": (4, ["parallel=tp2_pp2"]),
     "tp2_sp": (2, ["parallel=tp2_sp"]),
     "dp2": (2, ["parallel=dp2"]),
+    # Activation recomputation (the cluster recipes): same step, activations rebuilt in backward.
+    "tp2_pp2_recompute_full": (4, ["parallel=tp2_pp2", "train.recompute=full"]),
+    "tp2_sp_recompute_selective": (2, ["parallel=tp2_sp", "train.recompute=selective"]),
     # Megatron's distributed optimizer (ZeRO-1) supports Adam only: compared with tp1_adam.
     "tp1_adam": (1, ["parallel=single", *ADAM]),
     "dp2_distopt": (2, ["parallel=dp2", "parallel.use_distributed_optimizer=true", *ADAM]),

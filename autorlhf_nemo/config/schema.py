@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 
 @dataclass
@@ -91,6 +91,9 @@ class TrainConfig:
     total_steps: int = 100
     # Evaluate (greedy or sampled on the task's held-out prompts) every N steps; 0: only first and last.
     eval_every: int = 0
+    # Activation recomputation in training forwards: null (keep all activations) |
+    # selective (recompute core attention) | full (keep only each layer's input, recompute the layer).
+    recompute: Optional[str] = None
 
 
 @dataclass
@@ -176,6 +179,38 @@ class LoggingConfig:
 
 
 @dataclass
+class ClusterConfig:
+    """Where a job runs: the Slurm allocation (launch/slurm.sbatch, hydra/launcher=slurm)
+    and the GPU memory the planner (``python -m autorlhf_nemo.plan``) budgets against."""
+
+    nodes: int = 1
+    # One process per GPU; the world size is nodes x gpus_per_node.
+    gpus_per_node: int = 8
+    # Memory of one GPU (H100 SXM: 80), and what the planner keeps free of model state
+    # for the CUDA context, NCCL buffers and allocator fragmentation.
+    gpu_memory_gib: float = 80.0
+    reserved_memory_gib: float = 6.0
+    # Slurm: None leaves the cluster's default.
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    time: str = "04:00:00"
+    cpus_per_task: Optional[int] = None
+    job_name: str = "autorlhf_nemo"
+    log_dir: str = "${run_dir}/slurm"
+    master_port: int = 29500
+    # Run each node's torchrun inside this container (Slurm's pyxis plugin: srun --container-image).
+    container_image: Optional[str] = None
+    container_mounts: Optional[str] = None
+    # Environment for every rank, e.g. NCCL_IB_HCA, NCCL_SOCKET_IFNAME (the NCCL hooks).
+    env: dict[str, str] = field(default_factory=dict)
+    # Shell lines run before srun (module loads, conda activate): the user's own commands, verbatim.
+    setup: list[str] = field(default_factory=list)
+    # Python interpreter on the nodes.
+    python: str = "python"
+
+
+@dataclass
 class RootConfig:
     model: ModelConfig = MISSING
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
@@ -185,12 +220,28 @@ class RootConfig:
     task: TaskConfig = field(default_factory=TaskConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     # Where runs write logs and checkpoints.
     run_dir: str = "runs/${model.name}"
 
 
+def slurm_minutes(time: str) -> int:
+    """Slurm's time limit formats (M, M:S, H:M:S, D-H, D-H:M, D-H:M:S) in whole minutes, rounded up."""
+    days, _, clock = str(time).rpartition("-")
+    parts = [int(p) for p in clock.split(":")]
+    if days:                  # D-H[:M[:S]]
+        hours, minutes, seconds = (parts + [0, 0])[:3]
+    elif len(parts) == 3:     # H:M:S
+        hours, minutes, seconds = parts
+    else:                     # M[:S]
+        hours, (minutes, seconds) = 0, (parts + [0])[:2]
+    return (int(days or 0) * 24 + hours) * 60 + minutes + (seconds > 0)
+
+
 def register_configs() -> None:
-    """Register the schemas so that YAML files in conf/ are validated against them."""
+    """Register the schemas so that YAML files in conf/ are validated against them,
+    and the ``slurm_minutes`` resolver the launcher configs use."""
+    OmegaConf.register_new_resolver("slurm_minutes", slurm_minutes, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=RootConfig)
     cs.store(group="model", name="base_model", node=ModelConfig)

@@ -20,6 +20,7 @@ _BACKENDS = ("auto", "nccl", "gloo")
 _OPTIMIZERS = ("adam", "sgd")
 _LR_DECAY_STYLES = ("constant", "linear", "cosine")
 _TASKS = ("randomwalks", "sentiment", "custom")
+_RECOMPUTE = (None, "selective", "full")
 
 
 class ConfigError(ValueError):
@@ -154,6 +155,8 @@ def validate_config(cfg: DictConfig | Mapping[str, Any], world_size: Optional[in
             f"parallel.use_distributed_optimizer=true supports only train.optimizer=adam (got "
             f"{t['optimizer']!r}): switch to adam or disable the distributed optimizer")
 
+    if t["recompute"] not in _RECOMPUTE:
+        problems.append(f"train.recompute={t['recompute']!r}: use null, selective or full")
     if t["lr_decay_style"] not in _LR_DECAY_STYLES:
         problems.append(f"train.lr_decay_style={t['lr_decay_style']!r}: use one of {_LR_DECAY_STYLES}")
     if values["algorithm"] is not None:

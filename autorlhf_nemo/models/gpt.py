@@ -53,7 +53,7 @@ def padded_vocab_size(vocab_size: int, divisible_by: int) -> int:
 def transformer_config(cfg: Mapping[str, Any] | Any) -> TransformerConfig:
     """TransformerConfig for ``cfg.model`` at layout ``cfg.parallel``."""
     values = to_container(cfg)
-    m, p = values["model"], values["parallel"]
+    m, p, recompute = values["model"], values["parallel"], values["train"]["recompute"]
     dtype = DTYPES[m["params_dtype"]]
     return TransformerConfig(
         num_layers=m["num_layers"],
@@ -89,6 +89,11 @@ def transformer_config(cfg: Mapping[str, Any] | Any) -> TransformerConfig:
         # The loss function returns (sum, num_tokens): gradients are divided by
         # the global token count, independent of micro-batch count and DP size.
         calculate_per_token_loss=True,
+        # Activation recomputation: "full" keeps each layer's input and recomputes the layer
+        # in backward (one layer per checkpoint); "selective" recomputes core attention.
+        recompute_granularity=recompute,
+        recompute_method="uniform" if recompute == "full" else None,
+        recompute_num_layers=1 if recompute == "full" else None,
     )
 
 
@@ -109,16 +114,31 @@ def layer_spec(config: TransformerConfig, use_te: bool | None = None) -> ModuleS
     return TransformerBlockSubmodules(layer_specs=[layer] * num_layers, layer_norm=RMSNorm)
 
 
-def build_model(cfg: Mapping[str, Any] | Any, use_te: bool | None = None) -> GPTModel:
+def build_model(cfg: Mapping[str, Any] | Any, use_te: bool | None = None, on_meta: bool = False) -> GPTModel:
     """The GPTModel chunk of the current rank (its pipeline stage, its TP shard).
 
     Needs Megatron's parallel state (see ``parallel.runtime.initialize``).
     Weights are randomly initialised; load real ones with ``convert.hf_llama``.
+    ``on_meta``: shapes only, no memory and no initialisation (the planner).
     """
     values = to_container(cfg)
     m = values["model"]
     config = transformer_config(values)
-    model = GPTModel(
+    if on_meta:
+        # Megatron's GPU path allocates on the current CUDA device explicitly; its CPU
+        # path follows the default device, which the meta context sets (initialisation
+        # stays on: it is what marks parameters as tensor-parallel, and costs nothing on meta).
+        config.use_cpu_initialization = True
+        with torch.device("meta"):
+            return _gpt_model(config, m, use_te)
+    model = _gpt_model(config, m, use_te)
+    if torch.cuda.is_available():
+        model.cuda(torch.cuda.current_device())
+    return model
+
+
+def _gpt_model(config: TransformerConfig, m: Mapping[str, Any], use_te: bool | None) -> GPTModel:
+    return GPTModel(
         config=config,
         transformer_layer_spec=layer_spec(config, use_te),
         vocab_size=padded_vocab_size(m["vocab_size"], m["make_vocab_size_divisible_by"]),
@@ -133,6 +153,3 @@ def build_model(cfg: Mapping[str, Any] | Any, use_te: bool | None = None) -> GPT
         rope_scaling_factor=m["rope_scaling_factor"] or 8.0,
         pg_collection=ProcessGroupCollection.use_mpu_process_groups(),
     )
-    if torch.cuda.is_available():
-        model.cuda(torch.cuda.current_device())
-    return model

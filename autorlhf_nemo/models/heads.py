@@ -37,6 +37,8 @@ class ValueHead(MegatronModule):
 
     @torch.no_grad()
     def _init_weights(self, seed: int, std: float) -> None:
+        if self.fc1.weight.is_meta:  # shapes only (the planner)
+            return
         gen = torch.Generator().manual_seed(seed)
         tp = parallel_state.get_tensor_model_parallel_world_size()
         rank = parallel_state.get_tensor_model_parallel_rank()

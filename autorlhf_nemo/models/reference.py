@@ -49,10 +49,13 @@ def freeze_trunk(policy_gpt, num_layers_unfrozen: int) -> int:
 class ReferenceModel(torch.nn.Module):
     """A frozen GPTModel for reference log-probs; ``model`` is what schedules run."""
 
-    def __init__(self, policy_gpt, model_cfg, num_layers_unfrozen: int, offload: bool = False):
+    def __init__(self, policy_gpt, model_cfg, num_layers_unfrozen: int, offload: bool = False,
+                 on_meta: bool = False):
+        """``on_meta``: shapes only, for the planner (``policy_gpt`` built on meta too)."""
         super().__init__()
-        self.model = build_model(model_cfg)
-        self.model.load_state_dict(policy_gpt.state_dict())
+        self.model = build_model(model_cfg, on_meta=on_meta)
+        if not on_meta:
+            self.model.load_state_dict(policy_gpt.state_dict())
         total = policy_gpt.config.num_layers
         self.shares_trunk = 0 <= num_layers_unfrozen < total
         if self.shares_trunk:

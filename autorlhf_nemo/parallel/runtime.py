@@ -57,7 +57,15 @@ def _choose_backend(requested: str) -> str:
 
 
 def _set_launch_env_defaults() -> None:
-    """A plain `python` process is a world of one (torchrun sets these itself)."""
+    """torchrun sets RANK, WORLD_SIZE, MASTER_ADDR, ... itself. Hydra's submitit launcher
+    (hydra/launcher=slurm or local) starts one process per task without them: they come
+    from the submitit job environment (Slurm's, or the local executor's). A plain
+    `python` process is a world of one."""
+    if "RANK" not in os.environ and "SUBMITIT_EXECUTOR" in os.environ:
+        from submitit.helpers import TorchDistributedEnvironment
+
+        # Every task sees all of its node's GPUs and picks LOCAL_RANK (see initialize).
+        TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
     os.environ.setdefault("RANK", "0")
     os.environ.setdefault("LOCAL_RANK", "0")
     os.environ.setdefault("WORLD_SIZE", "1")
@@ -80,6 +88,8 @@ def initialize(cfg) -> Runtime:
     world_size = int(os.environ["WORLD_SIZE"])
     validate_config(cfg, world_size=world_size)
     values = to_container(cfg)
+    # cluster.env: the NCCL environment hooks, in place before any communicator exists.
+    os.environ.update({name: str(value) for name, value in values["cluster"]["env"].items()})
     par, train = values["parallel"], values["train"]
 
     backend = _choose_backend(par["backend"])

@@ -1,0 +1,92 @@
+"""``python -m autorlhf_nemo.plan <overrides> [--json]``: check a layout before asking for GPUs.
+
+Composes the same config as ``python -m autorlhf_nemo <overrides>`` (e.g.
+``recipe=llama3_70b_ppo``), validates it at the world size of
+``cluster.nodes x cluster.gpus_per_node``, prints parameters and memory per
+pipeline stage, and exits 2 with the figures when a stage does not fit
+``cluster.gpu_memory_gib`` or a divisibility rule breaks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import warnings
+
+from autorlhf_nemo.plan.memory import GIB
+
+
+def _gib(n: int) -> str:
+    return f"{n / GIB:.1f}"
+
+
+def format_plan(plan) -> str:
+    lines = [
+        f"plan: {plan.model}{', algorithm ' + plan.algorithm if plan.algorithm else ''} on "
+        f"{plan.world_size} GPUs: TP{plan.tp} x PP{plan.pp} x CP{plan.cp} x DP{plan.dp}, sequence parallel "
+        f"{'on' if plan.sequence_parallel else 'off'}, distributed optimizer "
+        f"{'on' if plan.distributed_optimizer else 'off'}, recompute {plan.recompute or 'none'}",
+        "",
+        "parameters per rank (the TP ranks of a stage hold equal shards; DP ranks are replicas)",
+        f"{'stage':>5} {'layers':>6} {'policy trunk':>15} {'value head':>12} {'trainable':>15} {'reference own':>15}",
+    ]
+    for stage, c in enumerate(plan.counts):
+        lines.append(f"{stage:>5} {c.layers:>6} {c.trunk:>15,} {c.head:>12,} {c.trainable:>15,} {c.reference:>15,}")
+    lines += [
+        f"model parameters, summed over the {plan.tp * plan.pp} ranks of one replica "
+        f"(TP-replicated norm weights once): {plan.total_parameters:,} ({plan.total_parameters / 1e9:.2f}e9)",
+        "",
+        f"memory per GPU in GiB (budget {plan.gpu_memory / GIB:g} GiB; peak = weights + gradients + optimizer + "
+        f"reference + max(activations + logits, KV cache) + reserved)",
+        f"{'stage':>5} {'weights':>8} {'grads':>7} {'optim':>7} {'(no ZeRO)':>9} {'ref':>6} {'activ':>7} "
+        f"{'logits':>7} {'KV':>6} {'rsvd':>5} {'peak':>7}  fits",
+    ]
+    for m in plan.memory:
+        lines.append(
+            f"{m.stage:>5} {_gib(m.weights):>8} {_gib(m.gradients):>7} {_gib(m.optimizer):>7} "
+            f"{_gib(m.optimizer_unsharded):>9} {_gib(m.reference):>6} {_gib(m.activations):>7} {_gib(m.logits):>7} "
+            f"{_gib(m.kv_cache):>6} {_gib(m.reserved):>5} {_gib(m.peak):>7}  {'yes' if m.peak <= plan.gpu_memory else 'NO'}")
+    return "\n".join(lines)
+
+
+def plan_as_dict(plan) -> dict:
+    out = dataclasses.asdict(plan)
+    out["total_parameters"] = plan.total_parameters
+    for m, stage in zip(plan.memory, out["memory"]):
+        stage["peak"] = m.peak
+    out["problems"] = plan.problems()
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m autorlhf_nemo.plan", description=__doc__.split("\n")[0])
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for python -m autorlhf_nemo")
+    parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+    args = parser.parse_args(argv)
+    logging.getLogger("megatron").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+
+    from hydra.errors import HydraException
+
+    from autorlhf_nemo.config.compose import compose_config
+    from autorlhf_nemo.plan.planner import ConfigError, plan_layout
+
+    try:
+        plan = plan_layout(compose_config(args.overrides))
+    except (ConfigError, HydraException) as error:  # bad overrides, bad layout: no traceback
+        print(f"autorlhf_nemo.plan: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(plan_as_dict(plan), indent=1) if args.json else format_plan(plan))
+    problems = plan.problems()
+    if problems:
+        print("\nautorlhf_nemo.plan: the plan does not fit:\n" + "\n".join(f"  - {p}" for p in problems),
+              file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

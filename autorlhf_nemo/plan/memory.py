@@ -1,0 +1,140 @@
+"""GPU memory of one rank, from its parameter counts and the batch geometry.
+
+All figures in bytes, per GPU, for the Megatron setup this package builds
+(``training/engine.py``: DDP gradient buffers in fp32, Megatron's Adam with
+fp32 master weights for bf16/fp16 parameters):
+
+    weights     = P x dtype_bytes                     (policy + value head on this rank)
+    gradients   = P_trainable x 4                     (fp32 grad buffer)
+    optimizer   = P_trainable x (4 master [half params only] + 8 Adam m, v) / DP_shard
+                  DP_shard = data-parallel size with the distributed optimizer, else 1
+    reference   = P_reference x dtype_bytes           (the reference's own layers; 0 if CPU-offloaded)
+
+Training activations per decoder layer and micro-batch (s tokens, b sequences,
+hidden h, key/value width h_kv, FFN width f, TP size t; flash attention, so
+no s x s scores are kept; Korthikanti et al. 2022 counted for a Llama layer):
+
+    stored tensors: input-norm input h, QKV input h, q h, k and v 2 h_kv, attention
+    output h, MLP-norm input h, FC1 input h, FC1 output 2 f, FC2 input f
+    no SP : dtype_bytes x s b (4 h + (2 h + 2 h_kv + 3 f) / t)   (norm/linear inputs replicated over TP)
+    SP    : dtype_bytes x s b (6 h + 2 h_kv + 3 f) / t
+    full recompute: only the layer input, dtype_bytes x s b h (/t with SP), plus one
+    layer's full set while it is recomputed. Selective recompute (core attention)
+    saves nothing more once attention is flash attention.
+
+With 1F1B pipelining stage i holds min(PP - i, micro-batches) micro-batches in
+flight. The last stage adds the logits: s b V/t x (dtype_bytes + 4 + 4)
+(the logits, their fp32 copy for log-softmax, and its gradient).
+
+Generation (same ranks, before learning) holds the KV cache instead:
+
+    kv_cache = 2 x layers x b_gen x S x (kv_heads / t) x head_dim x dtype_bytes
+
+The peak is the static state plus the larger of the two phases, plus a
+reserve for the CUDA context, NCCL buffers and allocator fragmentation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GIB = 2 ** 30
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+@dataclass
+class Shapes:
+    """What the activation and KV-cache formulas need of the model and the run."""
+
+    hidden: int
+    kv_width: int          # num_query_groups x head_dim
+    ffn: int
+    vocab: int             # padded
+    dtype_bytes: int
+    tp: int
+    pp: int
+    sequence_parallel: bool
+    recompute: str | None  # None | "selective" | "full"
+    seq_length: int
+    micro_batch_size: int
+    micro_batches: int     # per optimizer step and DP rank
+    generation_batch: int  # sequences one rank generates at once (0: no generation)
+
+
+@dataclass
+class StageMemory:
+    stage: int
+    layers: int
+    parameters: int
+    trainable: int
+    reference_parameters: int
+    weights: int
+    gradients: int
+    optimizer: int
+    optimizer_unsharded: int   # the same without the distributed optimizer
+    reference: int
+    activations: int
+    logits: int
+    kv_cache: int
+    reserved: int
+
+    @property
+    def static(self) -> int:
+        return self.weights + self.gradients + self.optimizer + self.reference
+
+    @property
+    def peak(self) -> int:
+        return self.static + max(self.activations + self.logits, self.kv_cache) + self.reserved
+
+
+def layer_activation_bytes(shapes: Shapes) -> int:
+    """Stored activations of one decoder layer for one micro-batch (no recomputation)."""
+    sh = shapes
+    tokens = sh.seq_length * sh.micro_batch_size
+    sharded = 2 * sh.hidden + 2 * sh.kv_width + 3 * sh.ffn
+    replicated = 4 * sh.hidden
+    if sh.sequence_parallel:
+        return sh.dtype_bytes * tokens * (replicated + sharded) // sh.tp
+    return sh.dtype_bytes * tokens * (replicated + sharded // sh.tp)
+
+
+def stage_activation_bytes(shapes: Shapes, stage: int, layers: int) -> int:
+    """Activations stage ``stage`` holds at the 1F1B peak."""
+    sh = shapes
+    in_flight = min(sh.pp - stage, sh.micro_batches)
+    full_layer = layer_activation_bytes(sh)
+    if sh.recompute == "full":
+        layer_input = sh.dtype_bytes * sh.seq_length * sh.micro_batch_size * sh.hidden
+        layer_input //= sh.tp if sh.sequence_parallel else 1
+        return in_flight * layers * layer_input + full_layer
+    return in_flight * layers * full_layer
+
+
+def logits_bytes(shapes: Shapes) -> int:
+    sh = shapes
+    return sh.seq_length * sh.micro_batch_size * (sh.vocab // sh.tp) * (sh.dtype_bytes + 4 + 4)
+
+
+def kv_cache_bytes(shapes: Shapes, layers: int) -> int:
+    sh = shapes
+    return 2 * layers * sh.generation_batch * sh.seq_length * (sh.kv_width // sh.tp) * sh.dtype_bytes
+
+
+def stage_memory(shapes: Shapes, stage: int, layers: int, parameters: int, trainable: int,
+                 reference_parameters: int, optimizer: str, dp_shard: int, reserved_gib: float,
+                 last_stage: bool) -> StageMemory:
+    half = shapes.dtype_bytes == 2
+    state_bytes = (4 if half else 0) + (8 if optimizer == "adam" else 0)
+    return StageMemory(
+        stage=stage, layers=layers, parameters=parameters, trainable=trainable,
+        reference_parameters=reference_parameters,
+        weights=parameters * shapes.dtype_bytes,
+        gradients=trainable * 4,
+        optimizer=-(-trainable * state_bytes // dp_shard),
+        optimizer_unsharded=trainable * state_bytes,
+        reference=reference_parameters * shapes.dtype_bytes,
+        activations=stage_activation_bytes(shapes, stage, layers),
+        logits=logits_bytes(shapes) if last_stage else 0,
+        kv_cache=kv_cache_bytes(shapes, layers),
+        reserved=int(reserved_gib * GIB),
+    )

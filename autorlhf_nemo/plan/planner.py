@@ -1,0 +1,143 @@
+"""Dry-run planner: a layout's parameters and GPU memory per pipeline stage, without GPUs.
+
+For each stage, the rank (tp 0, dp 0) is built the way a real job builds it
+(``build_model``; with an algorithm also the value head, the frozen trunk and
+the reference model) on the meta device inside a fake process group of the
+full world size (``meta_world.py``), and its parameters are counted. TP ranks
+of a stage hold equal shards and DP ranks are replicas, so these counts stand
+for every rank. Memory follows from the counts (``memory.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from autorlhf_nemo.config.validate import ConfigError, to_container, validate_config
+from autorlhf_nemo.models.gpt import padded_vocab_size
+from autorlhf_nemo.plan.memory import DTYPE_BYTES, GIB, Shapes, StageMemory, stage_memory
+from autorlhf_nemo.plan.meta_world import fake_rank, stage_rank
+
+
+@dataclass
+class StageCounts:
+    """Parameters of one rank of a stage (tp 0, dp 0)."""
+
+    layers: int
+    trunk: int           # GPTModel chunk (embedding, layers, norm, output layer)
+    trunk_sharded: int   # of which split over TP (the rest is replicated on every TP rank)
+    head: int            # value head (last stage, with an algorithm)
+    trainable: int
+    reference: int       # the reference model's own parameters (not shared with the policy)
+
+
+@dataclass
+class Plan:
+    model: str
+    world_size: int
+    tp: int
+    pp: int
+    cp: int
+    dp: int
+    sequence_parallel: bool
+    distributed_optimizer: bool
+    recompute: str | None
+    algorithm: str | None
+    counts: list[StageCounts]
+    memory: list[StageMemory]
+    gpu_memory: int
+
+    @property
+    def total_parameters(self) -> int:
+        """The model's parameters: each stage's TP shards times TP, replicated tensors once."""
+        return sum(c.trunk_sharded * self.tp + (c.trunk - c.trunk_sharded) for c in self.counts)
+
+    def problems(self) -> list[str]:
+        problems = []
+        for m in self.memory:
+            if m.peak > self.gpu_memory:
+                problems.append(
+                    f"stage {m.stage} needs {m.peak / GIB:.1f} GiB per GPU, more than "
+                    f"cluster.gpu_memory_gib={self.gpu_memory / GIB:g} (weights {m.weights / GIB:.1f}, "
+                    f"gradients {m.gradients / GIB:.1f}, optimizer {m.optimizer / GIB:.1f}, reference "
+                    f"{m.reference / GIB:.1f}, activations {(m.activations + m.logits) / GIB:.1f}, KV cache "
+                    f"{m.kv_cache / GIB:.1f}, reserved {m.reserved / GIB:.1f} GiB): raise "
+                    f"parallel.tensor_model_parallel_size or pipeline_model_parallel_size"
+                    + ("" if self.distributed_optimizer else ", set parallel.use_distributed_optimizer=true")
+                    + ("" if self.recompute == "full" else ", set train.recompute=full")
+                    + ", or lower train.micro_batch_size / train.seq_length / algorithm.rollouts_per_step")
+        return problems
+
+
+def world_size_of(values: dict) -> int:
+    """parallel.world_size when set, else the Slurm allocation: nodes x GPUs per node."""
+    return values["parallel"]["world_size"] or values["cluster"]["nodes"] * values["cluster"]["gpus_per_node"]
+
+
+def plan_layout(cfg) -> Plan:
+    """Validate ``cfg`` at its world size, then count and budget every stage.
+    Raises ConfigError for a broken layout (before anything is built)."""
+    values = to_container(cfg)
+    world = world_size_of(values)
+    validate_config(cfg, world_size=world)
+    m, p, t, a, c = (values[k] for k in ("model", "parallel", "train", "algorithm", "cluster"))
+    tp, pp, cp = (p["tensor_model_parallel_size"], p["pipeline_model_parallel_size"],
+                  p["context_parallel_size"])
+    dp = world // (tp * pp * cp)
+
+    counts = []
+    for stage in range(pp):
+        with fake_rank(stage_rank(stage, world, pp), world, tp, pp, cp):
+            counts.append(_count_stage(cfg, a))
+
+    if a is not None:
+        micro_batches = a["rollouts_per_step"] // (dp * a["minibatches"] * t["micro_batch_size"])
+        generation_batch = -(-max(a["rollouts_per_step"], values["task"]["num_eval_prompts"]) // dp)
+    else:
+        micro_batches = t["global_batch_size"] // (dp * t["micro_batch_size"])
+        generation_batch = 0
+    head_dim = m["kv_channels"] or m["hidden_size"] // m["num_attention_heads"]
+    shapes = Shapes(
+        hidden=m["hidden_size"], kv_width=m["num_query_groups"] * head_dim, ffn=m["ffn_hidden_size"],
+        vocab=padded_vocab_size(m["vocab_size"], m["make_vocab_size_divisible_by"]),
+        dtype_bytes=DTYPE_BYTES[m["params_dtype"]], tp=tp, pp=pp, sequence_parallel=p["sequence_parallel"],
+        recompute=t["recompute"], seq_length=t["seq_length"] // cp, micro_batch_size=t["micro_batch_size"],
+        micro_batches=micro_batches, generation_batch=generation_batch)
+    offloaded = a is not None and a["offload_reference"]
+    memory = [
+        stage_memory(shapes, stage, n.layers, n.trunk + n.head, n.trainable,
+                     0 if offloaded else n.reference, t["optimizer"],
+                     dp * cp if p["use_distributed_optimizer"] else 1, c["reserved_memory_gib"],
+                     last_stage=stage == pp - 1)
+        for stage, n in enumerate(counts)]
+    return Plan(model=m["name"], world_size=world, tp=tp, pp=pp, cp=cp, dp=dp,
+                sequence_parallel=p["sequence_parallel"], distributed_optimizer=p["use_distributed_optimizer"],
+                recompute=t["recompute"], algorithm=a["name"] if a else None, counts=counts, memory=memory,
+                gpu_memory=int(c["gpu_memory_gib"] * GIB))
+
+
+def _count_stage(cfg, algorithm: dict | None) -> StageCounts:
+    """This rank's chunk on the meta device, assembled as the job assembles it."""
+    from autorlhf_nemo.models.gpt import build_model
+
+    gpt = build_model(cfg, use_te=False, on_meta=True)
+    layers = len(gpt.decoder.layers)
+    trunk = sum(p.numel() for p in gpt.parameters())
+    sharded = sum(p.numel() for p in gpt.parameters() if getattr(p, "tensor_model_parallel", False))
+    if algorithm is None:
+        return StageCounts(layers, trunk, sharded, head=0, trainable=trunk, reference=0)
+
+    from autorlhf_nemo.models.policy import PolicyValueModel
+    from autorlhf_nemo.models.reference import ReferenceModel, freeze_trunk
+
+    k = algorithm["num_layers_unfrozen"]
+    reference = ReferenceModel(gpt, cfg, k, on_meta=True)
+    freeze_trunk(gpt, k)
+    policy = PolicyValueModel(gpt, value_head_seed=algorithm["value_head_seed"])
+    head = sum(p.numel() for p in policy.value_head.parameters()) if policy.value_head is not None else 0
+    trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
+    own = {id(p) for p in gpt.parameters()}
+    reference_own = sum(p.numel() for p in reference.model.parameters() if id(p) not in own)
+    return StageCounts(layers, trunk, sharded, head=head, trainable=trainable, reference=reference_own)
+
+
+__all__ = ["ConfigError", "Plan", "StageCounts", "plan_layout", "world_size_of"]
