@@ -38,6 +38,11 @@ def template_path() -> Path:
     raise FileNotFoundError("launch/slurm.sbatch not found next to or inside the autorlhf_nemo package")
 
 
+def allocated_world_size(values: dict) -> int:
+    """One process per GPU of the allocation."""
+    return values["cluster"]["nodes"] * values["cluster"]["gpus_per_node"]
+
+
 def job_overrides(overrides: Sequence[str], world_size: int) -> list[str]:
     """The user's overrides, plus the world size so that every rank checks the launch against it."""
     out = list(overrides)
@@ -57,11 +62,14 @@ def _plain(name: str, value, problems: list[str]) -> str:
 def render_sbatch(cfg, overrides: Sequence[str]) -> str:
     """The batch script for ``cfg`` (composed from ``overrides``). Raises ConfigError."""
     values = to_container(cfg)
-    c = values["cluster"]
-    world_size = c["nodes"] * c["gpus_per_node"]
+    c, declared = values["cluster"], values["parallel"]["world_size"]
+    world_size = allocated_world_size(values)
     problems = []
     if c["nodes"] < 1 or c["gpus_per_node"] < 1:
         problems.append(f"cluster.nodes={c['nodes']} and cluster.gpus_per_node={c['gpus_per_node']} must be >= 1")
+    if declared and declared != world_size:
+        problems.append(f"parallel.world_size={declared} but the allocation has cluster.nodes x "
+                        f"cluster.gpus_per_node = {world_size} GPUs: make them agree (or drop parallel.world_size)")
     fields = {name: _plain(name, c[name], problems) for name in ("job_name", "time", "log_dir")}
     directives = [f"#SBATCH --{flag}={_plain(name, c[name], problems)}"
                   for name, flag in (("partition", "partition"), ("account", "account"), ("qos", "qos"),
@@ -116,8 +124,7 @@ def main(argv=None) -> int:
     try:
         cfg = compose_config(args.overrides)
         values = to_container(cfg)
-        world_size = values["cluster"]["nodes"] * values["cluster"]["gpus_per_node"]
-        validate_config(cfg, world_size=world_size)
+        validate_config(cfg, world_size=allocated_world_size(values))
         if not args.no_plan:
             from autorlhf_nemo.plan.planner import plan_layout
 

@@ -87,6 +87,12 @@ def test_values_that_would_extend_an_sbatch_line_are_rejected(field, value):
         render_sbatch(cfg, RECIPE_4X8)
 
 
+def test_world_size_disagreeing_with_the_allocation_is_rejected():
+    overrides = [*RECIPE_4X8, "parallel.world_size=16"]
+    with pytest.raises(ConfigError, match="parallel.world_size=16 but the allocation has"):
+        render_sbatch(compose_config(overrides), overrides)
+
+
 def test_bad_environment_variable_name_is_rejected():
     cfg = compose_config([*RECIPE_4X8, "+cluster.env.NCCL_IB_HCA=mlx5"])
     OmegaConf.update(cfg, "cluster.env", {"BAD NAME": "1"}, merge=False)

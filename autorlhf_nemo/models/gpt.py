@@ -119,7 +119,8 @@ def build_model(cfg: Mapping[str, Any] | Any, use_te: bool | None = None, on_met
 
     Needs Megatron's parallel state (see ``parallel.runtime.initialize``).
     Weights are randomly initialised; load real ones with ``convert.hf_llama``.
-    ``on_meta``: shapes only, no memory and no initialisation (the planner).
+    ``on_meta``: shapes only, no memory (the planner); always the local spec, whose
+    parameter shapes equal Transformer Engine's and which never touches a GPU.
     """
     values = to_container(cfg)
     m = values["model"]
@@ -130,7 +131,7 @@ def build_model(cfg: Mapping[str, Any] | Any, use_te: bool | None = None, on_met
         # stays on: it is what marks parameters as tensor-parallel, and costs nothing on meta).
         config.use_cpu_initialization = True
         with torch.device("meta"):
-            return _gpt_model(config, m, use_te)
+            return _gpt_model(config, m, use_te=False)
     model = _gpt_model(config, m, use_te)
     if torch.cuda.is_available():
         model.cuda(torch.cuda.current_device())

@@ -119,7 +119,7 @@ def _count_stage(cfg, algorithm: dict | None) -> StageCounts:
     """This rank's chunk on the meta device, assembled as the job assembles it."""
     from autorlhf_nemo.models.gpt import build_model
 
-    gpt = build_model(cfg, use_te=False, on_meta=True)
+    gpt = build_model(cfg, on_meta=True)
     layers = len(gpt.decoder.layers)
     trunk = sum(p.numel() for p in gpt.parameters())
     sharded = sum(p.numel() for p in gpt.parameters() if getattr(p, "tensor_model_parallel", False))
