@@ -19,7 +19,11 @@ from megatron.core import parallel_state
 @contextlib.contextmanager
 def fake_rank(rank: int, world_size: int, tp: int, pp: int, cp: int = 1):
     """Megatron's parallel state as global rank ``rank`` of a ``world_size`` job."""
-    from torch.testing._internal.distributed.fake_pg import FakeStore
+    try:
+        from torch.testing._internal.distributed.fake_pg import FakeStore
+    except ImportError as error:  # a torch build without its testing package
+        raise RuntimeError("the planner needs PyTorch's fake process group "
+                           "(torch.testing._internal.distributed.fake_pg, torch >= 2.1)") from error
 
     if dist.is_initialized():
         raise RuntimeError("the planner needs a process without torch.distributed started")
