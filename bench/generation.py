@@ -2,7 +2,10 @@
 
 Same model (SmolLM2-135M-Instruct, in fp32 and in bf16 for both), same 8
 chat prompts of different lengths, same thread count, greedy, EOS ignored so
-every run produces exactly ``new_tokens`` per sequence. Prints tokens/s side
+every run produces exactly ``new_tokens`` per sequence. This engine runs as the
+PPO trainer runs it: with oneDNN-packed weight copies where
+``matmul.packing_available`` says so (made in the warm-up call; the cost of
+remaking them, once per PPO step, is printed too). Prints tokens/s side
 by side and the ratio. The two engines run in turns (theirs, ours, theirs,
 ...) and each figure is its fastest turn (noise on a shared machine only adds
 time), so a machine whose speed drifts during the run treats both alike. transformers runs inside
@@ -58,7 +61,7 @@ def main():
     from autorlhf_nemo.config.validate import to_container
     from autorlhf_nemo.convert import resolve_hf_checkpoint
     from autorlhf_nemo.convert.hf_llama import load_hf_checkpoint
-    from autorlhf_nemo.generation import Generator, SamplingParams
+    from autorlhf_nemo.generation import Generator, SamplingParams, matmul
     from autorlhf_nemo.generation.engine import left_pad
     from autorlhf_nemo.models.gpt import build_model
     from autorlhf_nemo.parallel.runtime import initialize, native_torch, shutdown
@@ -82,7 +85,19 @@ def main():
         m = to_container(cfg)["model"]
         model = build_model(cfg).eval()
         load_hf_checkpoint(model, path, m)
-        engine = Generator(model, m["vocab_size"], tokenizer.pad_token_id)
+        engine = Generator(model, m["vocab_size"], tokenizer.pad_token_id,
+                           pack_weights=matmul.packing_available(torch.device("cpu"), getattr(torch, dtype)))
+        one_token = SamplingParams(max_new_tokens=1, greedy=True)
+        engine.generate(prompts[:1], one_token)   # warm-up (and the first packing)
+        if engine.packed is not None:
+            def call(repack):
+                if repack:
+                    engine.weights_changed()
+                start = time.perf_counter()
+                engine.generate(prompts[:1], one_token)
+                return time.perf_counter() - start
+            repack = min(call(True) - call(False) for _ in range(3))
+            print(f"{dtype:>8} | repacking the weights after an update (PPO: once per step): {repack:.2f} s")
         for new in args.new_tokens:
             def theirs():
                 with torch.no_grad(), native_torch():

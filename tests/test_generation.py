@@ -108,6 +108,70 @@ def test_both_matmul_forms_generate_alike(gens, layout):
     assert not result["inference_tensors"]  # outputs are ordinary tensors, usable in autograd
 
 
+@pytest.mark.parametrize("layout", ["tp1", "tp2_pp2"])
+def test_packed_weights_generate_alike_and_follow_updates(gens, layout):
+    """oneDNN-packed weight copies: same tokens and log-probs (to rounding) as the default
+    form; after an update they are stale until weights_changed(), then equal a fresh engine."""
+    result = _run(gens, layout)
+    packing = result["packing"]
+    assert packing["copies_made"] > 0
+    for run, packed in zip(result["runs"][:2], packing["packed_form"]):
+        assert torch.equal(packed.response_ids, run["output"].response_ids)
+        assert (packed.logprobs - run["output"].logprobs).abs().max().item() <= 1e-5
+        assert (packed.logprobs - run["train_logprobs"]).abs().max().item() <= 1e-4
+    fresh = packing["unpacked_after_update"]
+    assert (packing["stale"].logprobs - fresh.logprobs).abs().max().item() > 1e-3   # the contract matters
+    assert torch.equal(packing["refreshed"].response_ids, fresh.response_ids)
+    assert (packing["refreshed"].logprobs - fresh.logprobs).abs().max().item() <= 1e-5
+
+
+def test_packed_linear_equals_f_linear_and_is_remade_after_invalidate():
+    from autorlhf_nemo.generation import matmul
+
+    torch.manual_seed(0)
+    weight, packed = torch.randn(96, 40), matmul.PackedWeights()
+    for shape in [(1, 8, 40), (3, 5, 40), (200, 40)]:
+        x = torch.randn(shape)
+        torch.testing.assert_close(matmul.linear(x, weight, True, packed), torch.nn.functional.linear(x, weight),
+                                   rtol=1e-5, atol=1e-5)
+    x = torch.randn(8, 40)
+    before = matmul.linear(x, weight, True, packed)
+    weight.mul_(2.0)
+    torch.testing.assert_close(matmul.linear(x, weight, True, packed), before)   # the copy, until told
+    packed.invalidate([weight])
+    torch.testing.assert_close(matmul.linear(x, weight, True, packed), 2.0 * before, rtol=1e-5, atol=1e-5)
+
+
+def test_packed_linear_in_bf16_equals_an_fp32_product_rounded_to_bf16():
+    """bf16 weights are packed as fp32 copies (the fast path on CPUs without native
+    bf16 GEMM): the result is the fp32 product rounded once to bf16, in bf16."""
+    from autorlhf_nemo.generation import matmul
+
+    torch.manual_seed(0)
+    weight, packed = torch.randn(96, 40).bfloat16(), matmul.PackedWeights()
+    x = torch.randn(8, 40).bfloat16()
+    out = matmul.linear(x, weight, True, packed)
+    assert out.dtype == torch.bfloat16
+    exact = (x.double() @ weight.double().t())
+    torch.testing.assert_close(out, exact.bfloat16(), rtol=1e-2, atol=1e-2)   # one bf16 rounding
+    assert (out.double() - exact).abs().max() <= (exact.abs().max() * 2 ** -8).item()
+    torch.testing.assert_close(out, torch.nn.functional.linear(x, weight), rtol=2e-2, atol=2e-2)
+    assert matmul.packing_available(torch.device("cpu"), torch.float32)
+    assert matmul.packing_available(torch.device("cpu"), torch.bfloat16) == (not matmul.native_bf16_gemm())
+    assert not matmul.packing_available(torch.device("meta"), torch.float32)
+
+
+def test_linear_on_a_transposed_view_equals_f_linear():
+    """A weight-first result is a transposed view; feeding it on must give the same product."""
+    from autorlhf_nemo.generation import matmul
+
+    torch.manual_seed(0)
+    for dtype in (torch.float32, torch.bfloat16):
+        weight, x = torch.randn(64, 40, dtype=dtype), torch.randn(40, 8, dtype=dtype).t()
+        assert not x.is_contiguous()
+        torch.testing.assert_close(matmul.linear(x, weight, True), torch.nn.functional.linear(x.contiguous(), weight))
+
+
 def test_weight_first_linear_equals_f_linear():
     from autorlhf_nemo.generation import matmul
 

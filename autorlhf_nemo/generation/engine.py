@@ -119,11 +119,13 @@ class Generator:
 
     ``model`` may be wrapped (Megatron DDP); ``tokenizer`` is only needed for
     string stop sequences. ``weight_first`` picks the matmul form (default: by
-    device, see ``matmul.py``).
+    device, see ``matmul.py``). ``pack_weights``: decode with oneDNN-packed
+    fp32 copies of the weights (CPU, ``matmul.packing_available``); whoever changes
+    the weights then calls :meth:`weights_changed`.
     """
 
     def __init__(self, model, vocab_size: int, pad_token_id: int, tokenizer=None,
-                 weight_first: bool | None = None):
+                 weight_first: bool | None = None, pack_weights: bool = False):
         self.model = model.module if hasattr(model, "module") else model
         self.config = self.model.config
         self.vocab_size = vocab_size
@@ -134,6 +136,11 @@ class Generator:
         self.last_stage = parallel_state.is_pipeline_last_stage()
         self.device = next(self.model.parameters()).device
         self.weight_first = matmul.weight_first_for(self.device) if weight_first is None else weight_first
+        if pack_weights and not matmul.packing_available(self.device, self.config.params_dtype):
+            raise ValueError(f"pack_weights=True needs a CPU with oneDNN and fp32 weights (or bf16 where "
+                             f"the CPU lacks native bf16 GEMM); got {self.config.params_dtype} on "
+                             f"{self.device}: leave it off (matmul.packing_available tells)")
+        self.packed = matmul.PackedWeights() if pack_weights else None
         # Rotary cos/sin for every position, once (Megatron's rotary module allocates on
         # "the CUDA device", so this stays outside native_torch).
         freqs = self.model.rotary_pos_emb(self.max_positions)[:, 0, 0]        # [L, d] (incl. scaling)
@@ -158,6 +165,12 @@ class Generator:
             return out.cloned()  # ordinary tensors: learners may modify them in place or use them in autograd
         finally:
             self.model.train(was_training)
+
+    def weights_changed(self, weights=None) -> None:
+        """The model's weights (``weights``: these tensors; None: any) were updated:
+        packed copies of them are remade at their next use."""
+        if self.packed is not None:
+            self.packed.invalidate(weights)
 
     # ----------------------------------------------------------------- loop
     def _generate(self, prompt_ids, prompt_mask, params: SamplingParams, rope) -> GenerationOutput:
@@ -298,9 +311,9 @@ class Generator:
         ``weight`` overrides the module's own (tied output layer)."""
         if type(module) is ColumnParallelLinear and not module.gather_output:
             weight = module.weight if weight is None else weight
-            out, bias = matmul.linear(x, weight, self.weight_first), module.bias
+            out, bias = matmul.linear(x, weight, self.weight_first, self.packed), module.bias
         elif type(module) is RowParallelLinear and module.input_is_parallel:
-            out, bias = matmul.linear(x, module.weight, self.weight_first), module.bias
+            out, bias = matmul.linear(x, module.weight, self.weight_first, self.packed), module.bias
             if parallel_state.get_tensor_model_parallel_world_size() > 1:
                 out = out.contiguous()
                 dist.all_reduce(out, group=parallel_state.get_tensor_model_parallel_group())

@@ -80,10 +80,26 @@ def main():
     linear_form = Generator(model, m["vocab_size"], args.pad, weight_first=False)
     other_form = [linear_form.generate(prompts, SamplingParams(**fields))
                   for fields in json.loads(args.params)[:2]]
+    # oneDNN-packed weight copies (what PPO decodes with on fp32 CPUs), then the copies'
+    # contract: after a weight update they are stale until weights_changed() is called.
+    packed_gen = Generator(model, m["vocab_size"], args.pad, pack_weights=True)
+    greedy = SamplingParams(**json.loads(args.params)[0])
+    packed_form = [packed_gen.generate(prompts, SamplingParams(**fields))
+                   for fields in json.loads(args.params)[:2]]
+    copies_made = len(packed_gen.packed)
+    layer_weight = model.decoder.layers[-1].mlp.linear_fc2.weight
+    with torch.no_grad():
+        layer_weight.data.mul_(1.5)  # as Megatron's optimizers write: through .data
+    stale = packed_gen.generate(prompts, greedy)
+    packed_gen.weights_changed([layer_weight])
+    refreshed = packed_gen.generate(prompts, greedy)
+    unpacked = Generator(model, m["vocab_size"], args.pad).generate(prompts, greedy)
+    packing = {"packed_form": packed_form, "copies_made": copies_made, "stale": stale,
+               "refreshed": refreshed, "unpacked_after_update": unpacked}
     sp_flags = [getattr(mod, f) for mod in model.modules()
                 for f in ("sequence_parallel", "reduce_scatter_embeddings")
                 if isinstance(getattr(mod, f, None), bool)]
-    result = {"runs": runs, "sp_flags_true": any(sp_flags), "other_form": other_form,
+    result = {"runs": runs, "sp_flags_true": any(sp_flags), "other_form": other_form, "packing": packing,
               "default_weight_first": generator.weight_first,
               "inference_tensors": any(t.is_inference() for t in vars(runs[0]["output"]).values()
                                        if isinstance(t, torch.Tensor)),

@@ -31,7 +31,7 @@ from autorlhf_nemo.algorithms.ppo.shaping import RunningMoments
 from autorlhf_nemo.algorithms.ppo.step import ppo_forward_step
 from autorlhf_nemo.checkpoint.dist import per_layer_keys
 from autorlhf_nemo.config.validate import to_container
-from autorlhf_nemo.generation import Generator
+from autorlhf_nemo.generation import Generator, matmul
 from autorlhf_nemo.models.gpt import build_model
 from autorlhf_nemo.models.policy import PolicyValueModel
 from autorlhf_nemo.models.reference import FrozenTrunk, ReferenceModel, freeze_trunk
@@ -79,6 +79,7 @@ class PPOModel(ModelPT):
         self.seq_multiple = runtime.tp_size if values["parallel"]["sequence_parallel"] else 1
         self.trunk = FrozenTrunk(gpt, a["num_layers_unfrozen"]) \
             if a["cache_frozen_trunk"] and FrozenTrunk.applies(gpt, a["num_layers_unfrozen"]) else None
+        self._generator = None  # made by generator(); told when the weights change
 
     # ------------------------------------------------------------------ ModelPT contract
     def setup_training_data(self, train_data_config):
@@ -93,7 +94,17 @@ class PPOModel(ModelPT):
 
     # ------------------------------------------------------------------ the algorithm
     def generator(self, pad_token_id: int, tokenizer=None) -> Generator:
-        return Generator(self.policy.module.gpt, self.vocab_size, pad_token_id, tokenizer=tokenizer)
+        """The policy's sampler. On fp32 CPUs it decodes with packed weight copies
+        (generation/matmul.py), remade after each optimizer step and checkpoint load."""
+        gpt = self.policy.module.gpt
+        self._generator = Generator(gpt, self.vocab_size, pad_token_id, tokenizer=tokenizer,
+                                    pack_weights=matmul.packing_available(self.runtime.device,
+                                                                          gpt.config.params_dtype))
+        return self._generator
+
+    def _weights_changed(self, weights=None) -> None:
+        if self._generator is not None:
+            self._generator.weights_changed(weights)
 
     def make_experience(self, generation, scores: torch.Tensor):
         """Experience (log-probs, values, reference log-probs, rewards, GAE) and rollout stats."""
@@ -136,6 +147,7 @@ class PPOModel(ModelPT):
                 metrics = {**result.metrics, "lr": self.scheduler.get_lr(self.optimizer.param_groups[0]),
                            "grad_norm": float(result.grad_norm or 0.0)}
                 self.scheduler.step(increment=1)
+        self._weights_changed([p for p in self.policy.module.gpt.parameters() if p.requires_grad])
         return metrics
 
     def update_kl_controller(self, mean_kl: float, n_samples: int) -> None:
@@ -155,6 +167,7 @@ class PPOModel(ModelPT):
         if missing or unexpected:
             raise RuntimeError(f"checkpoint does not match the policy: missing={missing}, unexpected={unexpected}")
         self.optimizer.load_state_dict(state["optimizer"])
+        self._weights_changed()
 
     def algorithm_state(self) -> dict:
         """Replicated state: identical on every rank."""
