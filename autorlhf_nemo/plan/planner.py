@@ -70,7 +70,9 @@ class Plan:
 
 def world_size_of(values: dict) -> int:
     """parallel.world_size when set, else the Slurm allocation: nodes x GPUs per node."""
-    return values["parallel"]["world_size"] or values["cluster"]["nodes"] * values["cluster"]["gpus_per_node"]
+    from autorlhf_nemo.slurm import allocated_world_size
+
+    return values["parallel"]["world_size"] or allocated_world_size(values)
 
 
 def plan_layout(cfg) -> Plan:
@@ -135,8 +137,7 @@ def _count_stage(cfg, algorithm: dict | None) -> StageCounts:
     policy = PolicyValueModel(gpt, value_head_seed=algorithm["value_head_seed"])
     head = sum(p.numel() for p in policy.value_head.parameters()) if policy.value_head is not None else 0
     trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
-    own = {id(p) for p in gpt.parameters()}
-    reference_own = sum(p.numel() for p in reference.model.parameters() if id(p) not in own)
+    reference_own = sum(p.numel() for p in reference.model.parameters()) - reference.shared_parameters(gpt)
     return StageCounts(layers, trunk, sharded, head=head, trainable=trainable, reference=reference_own)
 
 

@@ -94,8 +94,8 @@ class PPOModel(ModelPT):
 
     # ------------------------------------------------------------------ the algorithm
     def generator(self, pad_token_id: int, tokenizer=None) -> Generator:
-        """The policy's sampler. On fp32 CPUs it decodes with packed weight copies
-        (generation/matmul.py), remade after each optimizer step and checkpoint load."""
+        """The policy's sampler. On CPU it decodes with packed weight copies where
+        ``matmul.packing_available`` says so, remade after each optimizer step and checkpoint load."""
         gpt = self.policy.module.gpt
         self._generator = Generator(gpt, self.vocab_size, pad_token_id, tokenizer=tokenizer,
                                     pack_weights=matmul.packing_available(self.runtime.device,
