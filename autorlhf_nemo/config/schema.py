@@ -34,6 +34,8 @@ class ModelConfig:
     rope_scaling_factor: Optional[float] = None
     norm_epsilon: float = 1e-5
     tie_word_embeddings: bool = False
+    # Biases on the query/key/value projections only (Qwen2); no other linear layer has one.
+    add_qkv_bias: bool = False
     # The embedding table is padded to a multiple of this times the TP size.
     make_vocab_size_divisible_by: int = 128
     # float32 | bfloat16 | float16
