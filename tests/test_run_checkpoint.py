@@ -1,11 +1,14 @@
 """Run-checkpoint bookkeeping: only complete checkpoints are resumed from; a
 save cut short (a .partial folder, a missing manifest) or a checkpoint whose
-files were truncated afterwards is reported and the previous one is used.
-(The saves themselves, with SIGKILL and PP2, are in test_ppo_runs.py.)"""
+files were truncated afterwards is reported and the previous one is used; a
+save that fails on any rank raises on every rank and keeps the previous
+checkpoint. (Saves with SIGKILL and PP2 are in test_ppo_runs.py.)"""
 
 from __future__ import annotations
 
 import json
+
+from helpers import torchrun
 
 from autorlhf_nemo.checkpoint import run_checkpoint
 
@@ -69,3 +72,35 @@ def test_resumed_metrics_file_is_cut_back_and_the_checkpointed_row_restored(tmp_
     # A fresh run (start_step 0) starts an empty file.
     RunLogger(tmp_path, 6, enabled=True, progress_bar=False, tensorboard=False).close()
     assert (tmp_path / "metrics.jsonl").read_text() == ""
+
+
+def test_failed_save_raises_on_every_rank_and_keeps_the_previous_checkpoint(tmp_path):
+    """Real write failures on a tiny Llama at TP2 (tests/workers/checkpoint_failures.py): rank 1's
+    shard files over its file-size limit, then rank 0 unable to write common.pt (a step Megatron
+    runs on rank 0 only), then Megatron's last step (metadata.json) failing on rank 0. A hang
+    would end in torchrun's timeout."""
+    root = tmp_path / "checkpoints"
+    torchrun("checkpoint_failures.py", 2, ["--root", str(root), "--out", str(tmp_path)], timeout=300)
+    reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    step1 = str(root / "step_000001")
+    for report in reports:
+        for key, step, failed_rank in (("rank1_file_too_large", 2, 1), ("rank0_cannot_write", 3, 0)):
+            failure = report[key]
+            assert failure["type"] == "CheckpointSaveError", failure
+            message = failure["message"]
+            assert message.startswith(f"saving the step-{step} checkpoint into {root}/step_00000{step} failed: "
+                                      f"rank {failed_rank}: RuntimeError: "), message
+            assert f"rank {1 - failed_rank}:" not in message
+            assert f"The unfinished {root}/step_00000{step}.partial was removed" in message
+            assert f"the newest complete checkpoint, {step1}, is intact" in message
+            assert failure["previous"] == step1 and failure["partial_left"] == "None"
+        assert report["entries"] == ["step_000001"]              # no .partial left, step 1 untouched
+        assert report["latest"] == step1
+        assert report["loads_step1_weights"] is True             # the weights were changed after step 1
+        metadata = report["metadata_json"]
+        assert metadata["type"] == "CheckpointWriteError"
+        assert metadata["message"].endswith("failed: rank 0: IsADirectoryError: [Errno 21] Is a directory: "
+                                            f"'{tmp_path}/metadata_json_is_a_directory/metadata.json'")
+        assert report["step4"] == str(root / "step_000004")      # the ranks are still in step
+        assert report["entries_after_step4"] == ["step_000001", "step_000004"]
+    assert reports[0] == reports[1]                              # every rank saw the same
