@@ -145,15 +145,18 @@ def test_hf_round_trip_is_bit_identical(records, layout):
         assert torch.equal(reloaded(records.batch[:, :-1]).logits, records.reference)
 
 
-@pytest.mark.parametrize("saved,loaded,nproc,overrides", [
-    ("tp2", "tp1", 1, ["parallel=single"]),
-    ("pp2", "tp1", 1, ["parallel=single"]),
-    ("tp1", "tp2_pp2", 4, ["parallel=tp2_pp2"]),
-])
-def test_distributed_checkpoint_reshards(records, saved, loaded, nproc, overrides):
+@pytest.mark.parametrize("saved,loaded", [("tp2", "tp1"), ("pp2", "tp1"), ("tp1", "tp2_pp2")])
+def test_distributed_checkpoint_reshards(records, saved, loaded):
+    """Saved at one layout, loaded at another: the loaded weights, gathered back into HF
+    tensors, are the original checkpoint's bit for bit, and the logits are those of the
+    same layout loaded from the HF checkpoint, bit for bit. (Logits of different layouts
+    differ by float rounding of their reduction orders: test_logits_match_transformers.)"""
     records.layout(saved)
+    nproc, overrides = LAYOUTS[loaded]
     result = records.run(f"dist_{saved}_to_{loaded}", nproc, overrides, "--no-train", "--load-dist",
                          str(records.root / f"dist_{saved}"))
-    assert torch.equal(result["logits"], records.layout(loaded)["logits"]) or \
-        (result["logits"] - records.reference).abs().max().item() <= 1e-4
-    assert (result["logits"] - records.layout(saved)["logits"]).abs().max().item() <= 1e-5
+    original = load_file(records.hf_dir / "model.safetensors")
+    assert set(result["weights"]) == set(original)
+    for name, tensor in original.items():
+        assert torch.equal(result["weights"][name], tensor), f"{saved} -> {loaded}: {name} differs"
+    assert torch.equal(result["logits"], records.layout(loaded)["logits"])

@@ -1,5 +1,8 @@
 """Llama-family Hugging Face checkpoints <-> Megatron GPTModel shards, any TP/PP.
 
+Llama, Mistral (without a sliding window) and Qwen2 (Llama plus biases on the
+query/key/value projections, ``model.add_qkv_bias``).
+
 Name and layout mapping (h = hidden, d = head dim, nq/ng = query/kv heads):
 
     HF                                   Megatron (local spec; TE names in brackets)
@@ -8,6 +11,7 @@ Name and layout mapping (h = hidden, d = head dim, nq/ng = query/kv heads):
                                          [self_attention.linear_qkv.layer_norm_weight]
     layers.i.self_attn.{q,k,v}_proj      decoder.layers.i.self_attention.linear_qkv.weight
                                          rows grouped by kv head: [q_g (nq/ng*d); k_g (d); v_g (d)]
+    layers.i.self_attn.{q,k,v}_proj.bias ...self_attention.linear_qkv.bias (Qwen2), grouped the same way
     layers.i.self_attn.o_proj            ...self_attention.linear_proj.weight  (split on columns)
     layers.i.post_attention_layernorm    ...pre_mlp_layernorm [mlp.linear_fc1.layer_norm_weight]
     layers.i.mlp.{gate,up}_proj          ...mlp.linear_fc1.weight: per TP rank [gate_r; up_r]
@@ -49,12 +53,44 @@ _LAYER_ONE_TO_ONE = {
 
 
 # --------------------------------------------------------------------------- configs
+def _unsupported_features(hf: Mapping[str, Any], model_type: str) -> list[str]:
+    """What a Llama/Mistral/Qwen2 config.json asks for that the GPTModel built here lacks."""
+    problems = []
+    if model_type == "qwen2" and hf.get("use_sliding_window"):
+        problems.append("use_sliding_window: true (sliding-window attention; the model here attends "
+                        "to the whole sequence): use a checkpoint whose config has use_sliding_window: false")
+    window = hf.get("sliding_window")
+    if model_type == "mistral" and window is not None and window < hf.get("max_position_embeddings", 2048):
+        problems.append(f"sliding_window: {window} (attention limited to the last {window} tokens; the "
+                        "model here attends to the whole sequence): set sliding_window to null in "
+                        f"config.json only if no sequence will be longer than {window} tokens")
+    if model_type != "qwen2":
+        for key, what in (("attention_bias", "biases on q/k/v and o_proj"),
+                          ("mlp_bias", "biases on the MLP projections")):
+            if hf.get(key):
+                problems.append(f"{key}: true ({what}; only Qwen2's q/k/v biases are supported)")
+    if hf.get("hidden_act", "silu") != "silu":
+        problems.append(f"hidden_act: {hf['hidden_act']!r} (only SwiGLU with silu is supported)")
+    return problems
+
+
 def model_config_from_hf(hf: Mapping[str, Any], name: str = "hf_model") -> dict[str, Any]:
-    """ModelConfig fields from a Hugging Face LlamaConfig dict."""
-    if hf.get("model_type", "llama") not in ("llama", "mistral", "qwen2"):
-        raise ValueError(f"unsupported model_type {hf.get('model_type')!r}: Llama family only")
+    """ModelConfig fields from a Hugging Face Llama, Mistral or Qwen2 config dict.
+
+    Raises ValueError naming every feature of the config that the model cannot represent.
+    """
+    model_type = hf.get("model_type", "llama")
+    if model_type not in ("llama", "mistral", "qwen2"):
+        raise ValueError(f"unsupported model_type {model_type!r}: Llama family only "
+                         "(llama, mistral, qwen2)")
     rope = hf.get("rope_parameters") or {}
     scaling = hf.get("rope_scaling") or rope
+    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+    problems = _unsupported_features(hf, model_type)
+    if rope_type not in ("default", "llama3"):
+        problems.append(f"rope_scaling type {rope_type!r} (only Llama-3.1 'llama3' scaling is supported)")
+    if problems:
+        raise ValueError(f"{model_type} checkpoint config not supported:\n  - " + "\n  - ".join(problems))
     rope_theta = hf.get("rope_theta", rope.get("rope_theta", 10000.0))
     heads = hf["num_attention_heads"]
     return {
@@ -68,18 +104,18 @@ def model_config_from_hf(hf: Mapping[str, Any], name: str = "hf_model") -> dict[
         "kv_channels": hf.get("head_dim") or hf["hidden_size"] // heads,
         "max_position_embeddings": hf.get("max_position_embeddings", 2048),
         "rotary_base": float(rope_theta),
-        "rope_scaling_factor": scaling.get("factor") if scaling.get("rope_type") == "llama3" else None,
+        "rope_scaling_factor": scaling.get("factor") if rope_type == "llama3" else None,
         "norm_epsilon": hf.get("rms_norm_eps", 1e-5),
         "tie_word_embeddings": bool(hf.get("tie_word_embeddings", False)),
+        "add_qkv_bias": model_type == "qwen2",
     }
 
 
 def hf_config_from_model(m: Mapping[str, Any]) -> dict[str, Any]:
-    """A LlamaConfig dict that transformers loads, from ModelConfig fields."""
+    """A config dict that transformers loads, from ModelConfig fields: Qwen2 when the
+    model has q/k/v biases (``add_qkv_bias``), Llama otherwise."""
     head_dim = m["kv_channels"] or m["hidden_size"] // m["num_attention_heads"]
     config = {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
         "hidden_size": m["hidden_size"],
         "intermediate_size": m["ffn_hidden_size"],
         "num_hidden_layers": m["num_layers"],
@@ -92,10 +128,14 @@ def hf_config_from_model(m: Mapping[str, Any]) -> dict[str, Any]:
         "rope_theta": m["rotary_base"],
         "tie_word_embeddings": m["tie_word_embeddings"],
         "hidden_act": "silu",
-        "attention_bias": False,
-        "mlp_bias": False,
         "torch_dtype": m.get("params_dtype", "float32"),
     }
+    if m.get("add_qkv_bias"):
+        config.update(architectures=["Qwen2ForCausalLM"], model_type="qwen2", use_sliding_window=False,
+                      sliding_window=None, max_window_layers=m["num_layers"])
+    else:
+        config.update(architectures=["LlamaForCausalLM"], model_type="llama", attention_bias=False,
+                      mlp_bias=False)
     if m.get("rope_scaling_factor"):
         config["rope_scaling"] = {
             "rope_type": "llama3", "factor": m["rope_scaling_factor"], "low_freq_factor": 1.0,
@@ -168,15 +208,8 @@ def _hf_tensor_for(reader: CheckpointReader, canonical: str, layer: int | None,
     if suffix in ("self_attention.linear_proj.weight", "mlp.linear_fc2.weight"):
         total = geo.heads * geo.head_dim if suffix.startswith("self") else geo.ffn
         return reader.read(prefix + _LAYER_ONE_TO_ONE[suffix], cols=geo.shard(total))
-    if suffix == "self_attention.linear_qkv.weight":
-        g0, g1 = geo.shard(geo.groups)
-        d, hpg = geo.head_dim, geo.heads_per_group
-        q = reader.read(prefix + "self_attn.q_proj.weight", rows=(g0 * hpg * d, g1 * hpg * d))
-        k = reader.read(prefix + "self_attn.k_proj.weight", rows=(g0 * d, g1 * d))
-        v = reader.read(prefix + "self_attn.v_proj.weight", rows=(g0 * d, g1 * d))
-        n, h = g1 - g0, q.shape[1]
-        fused = torch.cat([q.view(n, hpg * d, h), k.view(n, d, h), v.view(n, d, h)], dim=1)
-        return fused.reshape(-1, h)
+    if suffix in ("self_attention.linear_qkv.weight", "self_attention.linear_qkv.bias"):
+        return _fused_qkv(reader, prefix, suffix.rsplit(".", 1)[1], geo)
     if suffix == "mlp.linear_fc1.weight":
         rows = geo.shard(geo.ffn)
         gate = reader.read(prefix + "mlp.gate_proj.weight", rows=rows)
@@ -185,13 +218,50 @@ def _hf_tensor_for(reader: CheckpointReader, canonical: str, layer: int | None,
     raise KeyError(f"no Hugging Face source for Megatron parameter {canonical!r}")
 
 
+def _fused_qkv(reader: CheckpointReader, prefix: str, kind: str, geo: _Geometry) -> torch.Tensor:
+    """This TP rank's rows of the fused QKV ``kind`` ("weight" [rows, h] or "bias" [rows]):
+    its KV groups, each [q_g; k_g; v_g]."""
+    g0, g1 = geo.shard(geo.groups)
+    d, hpg = geo.head_dim, geo.heads_per_group
+    q = reader.read(f"{prefix}self_attn.q_proj.{kind}", rows=(g0 * hpg * d, g1 * hpg * d))
+    k = reader.read(f"{prefix}self_attn.k_proj.{kind}", rows=(g0 * d, g1 * d))
+    v = reader.read(f"{prefix}self_attn.v_proj.{kind}", rows=(g0 * d, g1 * d))
+    n, rest = g1 - g0, q.shape[1:]
+    fused = torch.cat([q.reshape(n, hpg * d, -1), k.reshape(n, d, -1), v.reshape(n, d, -1)], dim=1)
+    return fused.reshape(-1, *rest)
+
+
+_QKV_BIAS = re.compile(r"model\.layers\.\d+\.self_attn\.[qkv]_proj\.bias")
+
+
+def check_checkpoint_biases(names, model_cfg: Mapping[str, Any]) -> None:
+    """The checkpoint's bias tensors (HF ``names``) must be exactly those the model holds:
+    none, or q/k/v projection biases (Qwen2) when ``model.add_qkv_bias`` is set."""
+    biases = [n for n in names if n.endswith(".bias")]
+    qkv = [n for n in biases if _QKV_BIAS.fullmatch(n)]
+    other = sorted(set(biases) - set(qkv))
+    if other:
+        raise ValueError(f"the Hugging Face checkpoint has biases the model cannot hold ({', '.join(other[:3])}"
+                         f"{', ...' if len(other) > 3 else ''}): only Qwen2's q/k/v projection biases "
+                         "are supported")
+    if qkv and not model_cfg["add_qkv_bias"]:
+        raise ValueError(f"the Hugging Face checkpoint has q/k/v projection biases ({qkv[0]}, ...; Qwen2) "
+                         "but model.add_qkv_bias is false, so they would be dropped: set "
+                         "model.add_qkv_bias=true")
+    if model_cfg["add_qkv_bias"] and not qkv:
+        raise ValueError("model.add_qkv_bias is true but the Hugging Face checkpoint has no q/k/v "
+                         "projection biases: set model.add_qkv_bias=false for a Llama checkpoint")
+
+
 @torch.no_grad()
 def load_hf_checkpoint(model, source, model_cfg: Mapping[str, Any]) -> None:
     """Fill this rank's GPTModel chunk from an HF checkpoint (dir or state dict).
 
-    Every parameter of the chunk must be covered, and shapes must match.
+    Every parameter of the chunk must be covered, and shapes must match; the
+    checkpoint's biases must match ``model.add_qkv_bias``.
     """
     reader = source if isinstance(source, CheckpointReader) else CheckpointReader(source)
+    check_checkpoint_biases(reader.names(), model_cfg)
     geo = _Geometry(model_cfg, parallel_state.get_tensor_model_parallel_rank(),
                     parallel_state.get_tensor_model_parallel_world_size())
     padded_vocab = model.vocab_size
@@ -233,13 +303,13 @@ def _hf_tensors_from(canonical: str, full: torch.Tensor, layer: int | None, geo:
     prefix = f"model.layers.{layer}."
     if suffix in _LAYER_ONE_TO_ONE:
         return {prefix + _LAYER_ONE_TO_ONE[suffix]: full}
-    if suffix == "self_attention.linear_qkv.weight":
-        d, hpg, h = geo.head_dim, geo.heads_per_group, full.shape[1]
-        grouped = full.view(geo.groups, hpg + 2, d, h)
+    if suffix in ("self_attention.linear_qkv.weight", "self_attention.linear_qkv.bias"):
+        kind, rest = suffix.rsplit(".", 1)[1], full.shape[1:]  # weight [rows, h], bias [rows]
+        grouped = full.reshape(geo.groups, geo.heads_per_group + 2, geo.head_dim, -1)
         return {
-            prefix + "self_attn.q_proj.weight": grouped[:, :hpg].reshape(-1, h),
-            prefix + "self_attn.k_proj.weight": grouped[:, hpg].reshape(-1, h),
-            prefix + "self_attn.v_proj.weight": grouped[:, hpg + 1].reshape(-1, h),
+            f"{prefix}self_attn.q_proj.{kind}": grouped[:, :-2].reshape(-1, *rest),
+            f"{prefix}self_attn.k_proj.{kind}": grouped[:, -2].reshape(-1, *rest),
+            f"{prefix}self_attn.v_proj.{kind}": grouped[:, -1].reshape(-1, *rest),
         }
     if suffix == "mlp.linear_fc1.weight":
         per_rank = full.view(geo.tp_size, 2, geo.ffn // geo.tp_size, full.shape[1])
@@ -252,7 +322,7 @@ def _hf_tensors_from(canonical: str, full: torch.Tensor, layer: int | None, geo:
 
 @torch.no_grad()
 def hf_state_dict_of_stage(model, model_cfg: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """HF-named full tensors of this pipeline stage (collective over the TP group)."""
+    """HF-named full tensors of this pipeline stage, on the host (collective over the TP group)."""
     geo = _Geometry(model_cfg, parallel_state.get_tensor_model_parallel_rank(),
                     parallel_state.get_tensor_model_parallel_world_size())
     out: dict[str, torch.Tensor] = {}
@@ -262,7 +332,7 @@ def hf_state_dict_of_stage(model, model_cfg: Mapping[str, Any]) -> dict[str, tor
         full = _gather_tp(param)
         for hf_name, tensor in _hf_tensors_from(canonical, full, layer, geo,
                                                 model_cfg["tie_word_embeddings"]).items():
-            out[hf_name] = tensor.contiguous().clone()
+            out[hf_name] = tensor.to("cpu", copy=True).contiguous()  # files and object collectives
     return out
 
 

@@ -5,6 +5,7 @@ given by Hydra overrides, it records on rank 0:
   logits      full-vocabulary logits of a fixed batch (gathered over TP/PP/DP)
   loss, grad_norm, weights_after
               one LM training step through forward_backward_func + optimizer
+  weights     (--no-train) the loaded weights, gathered back as an HF state dict
 and optionally saves a distributed checkpoint of the loaded weights.
 """
 
@@ -83,7 +84,9 @@ def main():
             logits = full[..., :vocab].float()
     result = {"logits": gather_over_dp(logits)}
 
-    if not args.no_train:
+    if args.no_train:
+        result["weights"] = gather_hf_state_dict(model, values["model"])
+    else:
         ddp = wrap_for_training(model, cfg)
         optimizer = build_optimizer(ddp, cfg)
         step_result = train_step(ddp, optimizer, micro, len(micro), step, seq, t["micro_batch_size"])
