@@ -10,9 +10,11 @@ from pathlib import Path
 WORKERS = Path(__file__).parent / "workers"
 
 
-def torchrun(script: str, nproc: int, args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run ``tests/workers/<script>`` on ``nproc`` processes; raise with its output on failure."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", TORCH_CPP_LOG_LEVEL="ERROR")
+def torchrun(script: str, nproc: int, args: list[str], timeout: int = 600,
+             virtual_gpu: bool = False) -> subprocess.CompletedProcess:
+    """Run ``tests/workers/<script>`` on ``nproc`` processes; raise with its output on failure.
+    ``virtual_gpu``: under the device-discipline check (see ``cli_env``)."""
+    env = cli_env(virtual_gpu)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            str(WORKERS / script), *args]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -29,14 +31,19 @@ def cli_command(nproc: int, overrides: list[str]) -> list[str]:
     return [*launcher, "-m", "autorlhf_nemo", *overrides]
 
 
-def cli_env() -> dict:
-    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", TORCH_CPP_LOG_LEVEL="ERROR")
+def cli_env(virtual_gpu: bool = False) -> dict:
+    """The environment of a test job; ``virtual_gpu``: under the device-discipline check
+    (tensors that would live on a GPU are tracked, and mixing them with host tensors raises)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", TORCH_CPP_LOG_LEVEL="ERROR")
+    if virtual_gpu:
+        env["AUTORLHF_VIRTUAL_GPU"] = "1"
+    return env
 
 
-def cli(nproc: int, overrides: list[str], timeout: int = 900) -> subprocess.CompletedProcess:
+def cli(nproc: int, overrides: list[str], timeout: int = 900, virtual_gpu: bool = False) -> subprocess.CompletedProcess:
     """Run the command-line job; raise with its output on failure."""
     cmd = cli_command(nproc, overrides)
-    proc = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, env=cli_env(virtual_gpu), capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"
                              f"{proc.stderr[-8000:]}")

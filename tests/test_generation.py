@@ -221,6 +221,14 @@ def test_row_seeds_make_samples_independent_of_data_parallel_size(gens):
     assert not torch.equal(by_row[0], tp1[1]["output"].response_ids)  # not the per-rank stream
 
 
+@pytest.mark.parametrize("layout", ["tp1", "tp2", "pp2", "tp2_pp2"])
+def test_padded_rows_equal_unpadded_rows(gens, layout):
+    """Local spec: a prompt's logits and log-probs are those of the prompt alone, whether
+    its batch pads it on the left (generation's layout) or on the right (training's)."""
+    diffs = _run(gens, layout)["padding"]
+    assert max(diffs.values()) <= 1e-5, diffs
+
+
 def test_vocab_parallel_sampling_primitives(gens):
     for layout in ("tp1", "tp2", "tp2_pp2"):
         checks = _run(gens, layout)["sampling"]

@@ -38,16 +38,19 @@ from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinea
 from autorlhf_nemo.generation import matmul
 from autorlhf_nemo.generation.kv_cache import KVCache
 from autorlhf_nemo.generation.sampling import SamplingParams, VocabParallel, process_logits
+from autorlhf_nemo.generation.stopping import StopCriteria
 from autorlhf_nemo.models.norm import RMSNorm
 from autorlhf_nemo.parallel.runtime import native_torch
 
 _DP_SEED_STRIDE = 1_000_003
 _ROW_SEED_OFFSET = 500_000  # keeps row streams apart from the per-DP-rank ones
+_LENGTH, _EOS, _STOP = 0, 1, 2
+_REASONS = {_LENGTH: "length", _EOS: "eos", _STOP: "stop"}
 
 
 @dataclass
 class GenerationOutput:
-    """Left-padded prompts and right-padded responses, all [b, ...] on CPU.
+    """Left-padded prompts and right-padded responses, all [b, ...] on the model's device.
 
     logprobs: log p(token) under the policy's raw logits (no temperature or
     filtering); processed_logprobs: under the distribution actually sampled from.
@@ -75,7 +78,9 @@ class GenerationOutput:
                                             for f in dataclasses.fields(self) if f.name != "stop_reasons"})
 
     def responses(self) -> list[list[int]]:
-        return [ids[mask.bool()].tolist() for ids, mask in zip(self.response_ids, self.response_mask)]
+        """The response tokens of each row, on the host (for decoding into text)."""
+        ids, mask = self.response_ids.cpu(), self.response_mask.cpu()
+        return [row[keep.bool()].tolist() for row, keep in zip(ids, mask)]
 
 
 # Module flags that Megatron derives from config.sequence_parallel at construction.
@@ -174,58 +179,65 @@ class Generator:
 
     # ----------------------------------------------------------------- loop
     def _generate(self, prompt_ids, prompt_mask, params: SamplingParams, rope) -> GenerationOutput:
+        """The decode loop. Everything stays on the device; the host is asked one bool per
+        step (whether every row has stopped), and only when a stop criterion is set."""
+        dev = self.device
+        prompt_ids, prompt_mask = prompt_ids.to(dev), prompt_mask.to(dev)
         b, prompt_len = prompt_ids.shape
         steps = params.max_new_tokens
-        dev = self.device
         cache = KVCache(len(self.model.decoder.layers), b, self._local_kv_heads(), prompt_len + steps,
                         self.config.kv_channels, self.config.params_dtype, dev)
         key_valid = torch.ones(b, prompt_len + steps, dtype=torch.bool, device=dev)
-        key_valid[:, :prompt_len] = prompt_mask.bool().to(dev)
-        positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0).to(dev)
+        key_valid[:, :prompt_len] = prompt_mask.bool()
+        positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
         generators = self._sampling_generators(params, b)
         vp = VocabParallel(parallel_state.get_tensor_model_parallel_group(),
                            parallel_state.get_tensor_model_parallel_rank() * self._vocab_shard(),
                            self.vocab_size)
+        stops = StopCriteria(params, self.tokenizer, dev)
 
-        response = torch.full((b, steps), self.pad_token_id, dtype=torch.long)
-        response_mask = torch.zeros((b, steps), dtype=torch.long)
-        logprobs = torch.zeros((b, steps))
-        processed_logprobs = torch.zeros((b, steps))
-        reasons = ["length"] * b
-        done = torch.zeros(b, dtype=torch.bool)
+        response = torch.full((b, steps), self.pad_token_id, dtype=torch.long, device=dev)
+        response_mask = torch.zeros((b, steps), dtype=torch.long, device=dev)
+        logprobs = torch.zeros((b, steps), device=dev)
+        processed_logprobs = torch.zeros((b, steps), device=dev)
+        reasons = torch.full((b,), _LENGTH, dtype=torch.long, device=dev)
+        done = torch.zeros(b, dtype=torch.bool, device=dev)
 
-        logits = self._stage_forward(prompt_ids.to(dev), positions, rope, cache, key_valid)
+        logits = self._stage_forward(prompt_ids, positions, rope, cache, key_valid)
         positions = positions[:, -1:]
         for t in range(steps):
             step = torch.zeros(b, 3, dtype=torch.float64, device=dev)  # token, logp, processed logp
             if self.last_stage:
-                tokens_so_far = torch.cat([prompt_ids, response[:, :t]], dim=1).to(dev) \
-                    if params.logits_processors else None
+                tokens_so_far = torch.cat([prompt_ids, response[:, :t]], dim=1) if params.logits_processors else None
                 raw = vp.mask_padding(logits.float())
                 processed = process_logits(vp, raw, params, tokens_so_far, t)
                 token = vp.argmax(processed) if params.is_greedy else vp.gumbel_argmax(processed, generators)
-                token = torch.where(done.to(dev), torch.full_like(token, self.pad_token_id), token)
                 step[:, 0] = token.double()
                 step[:, 1] = vp.log_softmax_at(raw, token).double()
                 step[:, 2] = vp.log_softmax_at(processed, token).double() \
                     if params.changes_logits(t) else step[:, 1]
             self._broadcast_from_last_stage(step)
-            step = step.cpu()
-            token = step[:, 0].long()
             active = ~done
+            token = torch.where(active, step[:, 0].long(), self.pad_token_id)
             response[:, t] = token
-            response_mask[active, t] = 1
-            logprobs[active, t] = step[active, 1].float()
-            processed_logprobs[active, t] = step[active, 2].float()
-            done = done | self._stopped(response[:, :t + 1], active, t, params, reasons)
-            if bool(done.all()) or t == steps - 1:
+            response_mask[:, t] = active.long()
+            logprobs[:, t] = torch.where(active, step[:, 1].float(), 0.0)
+            processed_logprobs[:, t] = torch.where(active, step[:, 2].float(), 0.0)
+            if stops.applies(t):
+                eos, stop = stops(response, t)
+                reasons = torch.where(active & eos, _EOS, torch.where(active & stop, _STOP, reasons))
+                done = done | eos | stop
+                if bool(done.all()):
+                    break
+            if t == steps - 1:
                 break
             positions = positions + 1
-            logits = self._stage_forward(token[:, None].to(dev), positions, rope, cache, key_valid)
+            logits = self._stage_forward(token[:, None], positions, rope, cache, key_valid)
 
         width = int(response_mask.sum(-1).max())
         return GenerationOutput(prompt_ids, prompt_mask, response[:, :width], response_mask[:, :width],
-                                logprobs[:, :width], processed_logprobs[:, :width], reasons)
+                                logprobs[:, :width], processed_logprobs[:, :width],
+                                [_REASONS[r] for r in reasons.tolist()])
 
     def _sampling_generators(self, params: SamplingParams, batch: int) -> list[torch.Generator]:
         """One stream per DP rank, or one per row when ``params.row_seeds`` is given."""
@@ -233,24 +245,6 @@ class Generator:
                  if params.row_seeds is None else
                  [params.seed * _DP_SEED_STRIDE + _ROW_SEED_OFFSET + s for s in params.row_seeds])
         return [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
-
-    def _stopped(self, response, active, t, params: SamplingParams, reasons) -> torch.Tensor:
-        """Which active rows end at step t (all ranks compute this from the same tokens)."""
-        stopped = torch.zeros(response.shape[0], dtype=torch.bool)
-        has_criteria = params.eos_token_ids or params.stop_token_sequences or params.stop_strings
-        if t + 1 < params.min_new_tokens or not has_criteria:
-            return stopped
-        for row in torch.nonzero(active).flatten().tolist():
-            tokens = response[row].tolist()
-            if tokens[-1] in params.eos_token_ids:
-                stopped[row], reasons[row] = True, "eos"
-            elif any(len(s) <= len(tokens) and tokens[-len(s):] == list(s) for s in params.stop_token_sequences):
-                stopped[row], reasons[row] = True, "stop"
-            elif params.stop_strings:
-                text = self.tokenizer.decode(tokens)
-                if any(s in text for s in params.stop_strings):
-                    stopped[row], reasons[row] = True, "stop"
-        return stopped
 
     # ----------------------------------------------------------------- model pieces
     def _local_kv_heads(self) -> int:

@@ -21,7 +21,9 @@ class PolicyValueModel(MegatronModule):
         super().__init__(gpt.config)
         self.gpt = gpt
         self.model_type = gpt.model_type  # read by Megatron's schedules
-        self.value_head = ValueHead(gpt.config, seed=value_head_seed) if gpt.post_process else None
+        self.value_head = None
+        if gpt.post_process:  # on the trunk's device (Megatron builds CPU-initialised layers on the host)
+            self.value_head = ValueHead(gpt.config, seed=value_head_seed).to(next(gpt.parameters()).device)
 
     def set_input_tensor(self, input_tensor) -> None:
         self.gpt.set_input_tensor(input_tensor)

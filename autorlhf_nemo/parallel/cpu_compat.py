@@ -17,13 +17,29 @@ that rewrites CUDA devices to CPU and answers ``Tensor.type()`` with the CUDA
 name) and CPU versions of the CUDA RNG/device functions.  It refuses to run
 where CUDA is available: on a GPU nothing here is touched and the same code
 runs on NCCL.
+
+``enable(virtual_gpu=True)`` (``AUTORLHF_VIRTUAL_GPU=1``, see ``runtime``) is the
+device-discipline check: the runtime's device becomes ``cuda:0``, computed on
+the CPU, and every tensor carries where it would live on a GPU. A
+:class:`VirtualGpuMode` tags tensors made for ``cuda`` (factories, ``.to``,
+``.cuda()``, anything computed from them) and raises :class:`DeviceMismatchError`
+where an operation mixes such a tensor with a host tensor, or where a
+collective over a group that is NCCL on GPUs (every group not created with
+``backend="gloo"``) is handed a host tensor. CUDA's own rules are kept where
+they allow mixing: 0-dim host tensors act as scalars, host index tensors may
+index device tensors, ``copy_`` and ``.to`` cross. Tensors made by the C++
+autograd engine (gradients) carry no tag and are not checked.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
+import itertools
 
 import torch
+import torch.distributed as dist
 from torch.overrides import TorchFunctionMode
 
 _CPU = torch.device("cpu")
@@ -74,7 +90,7 @@ def _backward_under_mode(original_apply):
     def apply(self, *args):
         if torch.overrides._get_current_function_mode_stack():
             return original_apply(self, *args)
-        with CudaToCpuMode():
+        with type(_ACTIVE_MODE)():
             return original_apply(self, *args)
 
     return apply
@@ -130,8 +146,15 @@ def is_enabled() -> bool:
     return _ACTIVE_MODE is not None
 
 
-def enable() -> None:
-    """Activate the CPU layer for this process (idempotent). Only without CUDA."""
+def virtual_gpu() -> bool:
+    """Whether the device-discipline check (:class:`VirtualGpuMode`) is active."""
+    return isinstance(_ACTIVE_MODE, VirtualGpuMode)
+
+
+def enable(virtual_gpu: bool = False) -> None:
+    """Activate the CPU layer for this process (idempotent). Only without CUDA.
+
+    ``virtual_gpu``: also check device discipline (see the module docstring)."""
     global _ACTIVE_MODE
     if _ACTIVE_MODE is not None:
         return
@@ -144,10 +167,12 @@ def enable() -> None:
     patches.update(_megatron_rng_patches())
     backward_node = torch.autograd.function.BackwardCFunction
     patches[(backward_node, "apply")] = _backward_under_mode(backward_node.apply)
+    if virtual_gpu:
+        patches.update(_virtual_gpu_patches())
     for (owner, name), cpu_version in patches.items():
         _SAVED[(owner, name)] = getattr(owner, name)
         setattr(owner, name, cpu_version)
-    _ACTIVE_MODE = CudaToCpuMode()
+    _ACTIVE_MODE = VirtualGpuMode() if virtual_gpu else CudaToCpuMode()
     _ACTIVE_MODE.__enter__()
 
 
@@ -155,8 +180,9 @@ def enable() -> None:
 def suspended():
     """Run a block without the mode's per-operation cost (a Python call per torch
     op). Only for code that never names a CUDA device, e.g. a decode loop that
-    allocates on the model's own device."""
-    if _ACTIVE_MODE is None:
+    allocates on the model's own device. Under the device-discipline check the
+    block stays checked."""
+    if _ACTIVE_MODE is None or virtual_gpu():
         yield
         return
     with torch.overrides._pop_mode_temporarily():
@@ -173,3 +199,274 @@ def disable() -> None:
     for (owner, name), original in _SAVED.items():
         setattr(owner, name, original)
     _SAVED.clear()
+
+
+# --------------------------------------------------------------------------- virtual GPU
+_ON_DEVICE = "_autorlhf_on_device"   # tensor attribute: True (GPU), False (host); absent: unknown
+_VIRTUAL_DEVICE = torch.device("cuda", 0)
+
+
+class DeviceMismatchError(RuntimeError):
+    """What would fail on a GPU: a host tensor meets a device tensor, or reaches NCCL."""
+
+
+def on_device(tensor: torch.Tensor) -> bool | None:
+    """Where ``tensor`` would live on a GPU run: True (device), False (host), None (unknown)."""
+    return getattr(tensor, _ON_DEVICE, None)
+
+
+def _mark(out, where):
+    if where is None:
+        return out
+    if isinstance(out, torch.Tensor):
+        setattr(out, _ON_DEVICE, where)
+    elif isinstance(out, (list, tuple)):
+        for item in out:
+            if isinstance(item, torch.Tensor):
+                setattr(item, _ON_DEVICE, where)
+    return out
+
+
+def _tensor_args(args, kwargs):
+    for value in itertools.chain(args, kwargs.values()):
+        if isinstance(value, torch.Tensor):
+            yield value
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                if isinstance(item, torch.Tensor):
+                    yield item
+
+
+def _describe(t: torch.Tensor) -> str:
+    return f"{tuple(t.shape)} {str(t.dtype).replace('torch.', '')}"
+
+
+def _func_name(func) -> str:
+    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
+    return name if "." in name or not getattr(func, "__module__", None) else f"{func.__module__}.{name}"
+
+
+def _copy(t: torch.Tensor) -> torch.Tensor:
+    """A new tensor object for the other side of a host/device crossing (CUDA copies too)."""
+    return t.clone()
+
+
+def _target_device(args, kwargs):
+    """The device a ``Tensor.to`` call moves to: a device, or a tensor whose device to take; None."""
+    if "device" in kwargs:
+        return kwargs["device"]
+    for value in args[1:]:
+        if isinstance(value, torch.Tensor) or _is_cuda_device(value) or isinstance(value, (torch.device, str)):
+            return value
+    return None
+
+
+class VirtualGpuMode(CudaToCpuMode):
+    """CudaToCpuMode that tracks where each tensor would live on a GPU and raises
+    :class:`DeviceMismatchError` where a GPU run would fail (module docstring)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        special = _SPECIAL.get(func)
+        if special is not None:
+            return special(func, args, kwargs)
+        explicit = None
+        if "device" in kwargs and kwargs["device"] is not None:
+            explicit = _is_cuda_device(kwargs["device"])
+            if explicit:
+                kwargs = {**kwargs, "device": _CPU}
+        device_input, host_input, any_tensor = False, None, False
+        for t in _tensor_args(args, kwargs):
+            any_tensor = True
+            where = getattr(t, _ON_DEVICE, None)
+            if where:
+                device_input = True
+            elif where is False and (host_input is None or t.dim() > 0):
+                host_input = t
+        if device_input and host_input is not None and (host_input.dim() > 0 or func in _SAME_DEVICE) \
+                and func not in _MAY_CROSS:
+            raise DeviceMismatchError(
+                f"{_func_name(func)} mixes a tensor that lives on the GPU with a host tensor "
+                f"{_describe(host_input)}: move the host tensor to the device first (.to(device))")
+        out = func(*args, **kwargs)
+        if args and out is args[0]:  # in place: the tensor stays where it is
+            return out
+        if explicit is not None:
+            where = explicit
+        elif device_input:
+            where = True
+        elif host_input is not None or not any_tensor:
+            where = False   # computed on the host, or a factory without a device (CPU by default)
+        else:
+            where = None
+        return _mark(out, where)
+
+
+def _to(func, args, kwargs):
+    source, target = args[0], _target_device(args, kwargs)
+    if isinstance(target, torch.Tensor):
+        to_gpu = on_device(target) is True
+    elif target is None:
+        to_gpu = None
+    else:
+        to_gpu = _is_cuda_device(target)
+    args = tuple(_CPU if _is_cuda_device(a) else a for a in args)
+    if "device" in kwargs and _is_cuda_device(kwargs["device"]):
+        kwargs = {**kwargs, "device": _CPU}
+    out = func(*args, **kwargs)
+    if to_gpu is None:  # a dtype change: stays where it was
+        return out if out is source else _mark(out, on_device(source))
+    if out is source and on_device(source) is not to_gpu:
+        out = _copy(source)
+    return _mark(out, to_gpu)
+
+
+def _cuda(func, args, kwargs):
+    return _to(torch.Tensor.to, (args[0], _VIRTUAL_DEVICE), {})
+
+
+def _cpu(func, args, kwargs):
+    return _to(torch.Tensor.to, (args[0], _CPU), {})
+
+
+def _set_data(func, args, kwargs):
+    target, value = args
+    func(target, value)
+    _mark(target, on_device(value))
+
+
+def _device(func, args, kwargs):
+    return _VIRTUAL_DEVICE if on_device(args[0]) else func(*args)
+
+
+def _is_cuda(func, args, kwargs):
+    return bool(on_device(args[0]))
+
+
+def _get_device(func, args, kwargs):
+    return 0 if on_device(args[0]) else func(*args)
+
+
+def _indices_device(index) -> bool:
+    items = index if isinstance(index, tuple) else (index,)
+    return any(isinstance(i, torch.Tensor) and on_device(i) for i in items)
+
+
+def _getitem(func, args, kwargs):
+    source, index = args
+    if on_device(source) is False and _indices_device(index):
+        raise DeviceMismatchError(f"indexing a host tensor {_describe(source)} with an index tensor on the "
+                                  "GPU: move the index to the host, or the tensor to the device")
+    return _mark(func(*args), on_device(source))
+
+
+def _setitem(func, args, kwargs):
+    target, index, value = args
+    where = on_device(target)
+    if where is False and _indices_device(index):
+        raise DeviceMismatchError(f"indexing a host tensor {_describe(target)} with an index tensor on the GPU")
+    if isinstance(value, torch.Tensor) and value.dim() > 0 and where is not None \
+            and on_device(value) is not None and on_device(value) != where:
+        side = "host" if on_device(value) is False else "GPU"
+        raise DeviceMismatchError(f"assigning a {side} tensor {_describe(value)} into a "
+                                  f"{'GPU' if where else 'host'} tensor {_describe(target)}: "
+                                  f"move it with .to(device) first")
+    return func(*args)
+
+
+def _type(func, args, kwargs):
+    """``t.type()`` names a CUDA type for device tensors (Megatron filters parameters by it)."""
+    if len(args) == 1 and not kwargs and on_device(args[0]):
+        return _CUDA_TYPE_NAMES.get(args[0].dtype, func(*args))
+    return func(*args, **kwargs)
+
+
+_SPECIAL = {
+    torch.Tensor.to: lambda func, args, kwargs: _to(func, args, kwargs),
+    torch.Tensor.cuda: _cuda,
+    torch.Tensor.cpu: _cpu,
+    torch.Tensor.data.__set__: _set_data,
+    torch.Tensor.device.__get__: _device,
+    torch.Tensor.is_cuda.__get__: _is_cuda,
+    torch.Tensor.get_device: _get_device,
+    torch.Tensor.__getitem__: _getitem,
+    torch.Tensor.__setitem__: _setitem,
+    torch.Tensor.type: _type,
+}
+# Operations that legitimately take tensors from both sides (as on CUDA).
+_MAY_CROSS = {torch.Tensor.copy_}
+# Operations that reject even a 0-dim host tensor beside device tensors (not elementwise on CUDA).
+_SAME_DEVICE = {torch.cat, torch.concat, torch.concatenate, torch.stack, torch.hstack, torch.vstack,
+                torch.gather, torch.Tensor.gather, torch.scatter, torch.Tensor.scatter, torch.Tensor.scatter_,
+                torch.Tensor.scatter_add_, torch.index_select, torch.Tensor.index_select,
+                torch.Tensor.index_add_, torch.Tensor.index_copy_, torch.nn.functional.embedding}
+
+
+# Collectives over a group that is NCCL on GPUs must be handed device tensors. Object
+# collectives (broadcast_object_list, ...) move their buffers themselves and are not wrapped;
+# isend/irecv stay unwrapped because P2POp compares them by identity (batch_isend_irecv is).
+_COLLECTIVES = ("all_reduce", "broadcast", "all_gather", "all_gather_into_tensor", "reduce_scatter_tensor",
+                "reduce_scatter", "reduce", "gather", "scatter", "all_to_all_single", "send", "recv",
+                "_all_gather_base", "_reduce_scatter_base")
+_HOST_GROUPS: list = []   # groups created with backend="gloo": host tensors are right there
+
+
+def _device_group(group) -> bool:
+    return not any(group is g for g in _HOST_GROUPS)
+
+
+def _checked_collective(name: str, collective):
+    signature = inspect.signature(collective)
+
+    @functools.wraps(collective)
+    def checked(*args, **kwargs):
+        group = signature.bind(*args, **kwargs).arguments.get("group")
+        if _device_group(group):
+            for t in _tensor_args(args, kwargs):
+                if on_device(t) is False:
+                    raise DeviceMismatchError(
+                        f"torch.distributed.{name} over a group that is NCCL on GPUs was handed a host "
+                        f"tensor {_describe(t)}: NCCL takes device tensors only; create it on the device")
+        return collective(*args, **kwargs)
+
+    return checked
+
+
+def _checked_batch_p2p(batch_isend_irecv):
+    @functools.wraps(batch_isend_irecv)
+    def checked(p2p_op_list):
+        for op in p2p_op_list:
+            if _device_group(op.group) and on_device(op.tensor) is False:
+                raise DeviceMismatchError(f"point-to-point {op.op.__name__} of a host tensor "
+                                          f"{_describe(op.tensor)} over a group that is NCCL on GPUs")
+        return batch_isend_irecv(p2p_op_list)
+
+    return checked
+
+
+def _recording_new_group(new_group):
+    @functools.wraps(new_group)
+    def recording(*args, **kwargs):
+        group = new_group(*args, **kwargs)
+        backend = inspect.signature(new_group).bind(*args, **kwargs).arguments.get("backend")
+        if isinstance(backend, str) and backend.lower() == "gloo":
+            _HOST_GROUPS.append(group)
+        return group
+
+    return recording
+
+
+class _HostGenerator(torch.Generator):
+    """``torch.Generator(device="cuda")`` on a CPU-only build: a CPU generator (its
+    draws are host tensors, which the caller then moves to the device)."""
+
+    def __new__(cls, device=None):
+        return super().__new__(cls, device=_CPU if device is None or _is_cuda_device(device) else device)
+
+
+def _virtual_gpu_patches() -> dict[tuple[object, str], object]:
+    patches = {(dist, name): _checked_collective(name, getattr(dist, name)) for name in _COLLECTIVES}
+    patches[(dist, "batch_isend_irecv")] = _checked_batch_p2p(dist.batch_isend_irecv)
+    patches[(dist, "new_group")] = _recording_new_group(dist.new_group)
+    patches[(torch, "Generator")] = _HostGenerator
+    return patches

@@ -5,6 +5,11 @@ Usage under torchrun (CPU/gloo or GPU/NCCL alike)::
     runtime = initialize(cfg)      # validates the layout first
     ...                            # runtime.groups holds the process groups
     shutdown()
+
+``AUTORLHF_VIRTUAL_GPU=1`` on a machine without CUDA runs the device-discipline
+check (``cpu_compat.VirtualGpuMode``): the rank's device is a virtual ``cuda:0``
+computed on the CPU, and whatever would fail on a GPU (a host tensor meeting a
+device tensor, a host tensor handed to NCCL) raises.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
 
 from autorlhf_nemo.config.validate import to_container, validate_config
 from autorlhf_nemo.parallel import cpu_compat
+
+VIRTUAL_GPU_ENV = "AUTORLHF_VIRTUAL_GPU"
 
 
 @dataclass
@@ -93,14 +100,14 @@ def initialize(cfg) -> Runtime:
     par, train = values["parallel"], values["train"]
 
     backend = _choose_backend(par["backend"])
+    virtual_gpu = os.environ.get(VIRTUAL_GPU_ENV) == "1"
+    if virtual_gpu and torch.cuda.is_available():
+        raise RuntimeError(f"{VIRTUAL_GPU_ENV}=1 is the device check for machines without CUDA; unset it here")
     if backend == "nccl":
-        local_rank = int(os.environ["LOCAL_RANK"])
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device("cpu")
-        if not torch.cuda.is_available():
-            cpu_compat.enable()
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    elif not torch.cuda.is_available():
+        cpu_compat.enable(virtual_gpu=virtual_gpu)
+    device = compute_device()
 
     if not dist.is_initialized():
         dist.init_process_group(
@@ -128,6 +135,14 @@ def initialize(cfg) -> Runtime:
         dp_rank=parallel_state.get_data_parallel_rank(),
         groups=ProcessGroupCollection.use_mpu_process_groups(),
     )
+
+
+def compute_device() -> torch.device:
+    """Where this rank's models and batches live: its GPU (after ``initialize`` picked it),
+    the virtual GPU of the device check, or the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cuda", 0) if cpu_compat.virtual_gpu() else torch.device("cpu")
 
 
 def seed_everything(seed: int) -> None:

@@ -22,3 +22,8 @@ def data_parallel_microbatches(batch: dict[str, Any], dp_rank: int, dp_size: int
         {k: (v[i:i + micro_batch_size] if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
         for i in range(start, start + per_rank, micro_batch_size)
     ]
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """``batch`` with every tensor on ``device`` (non-blocking copies from the host)."""
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}

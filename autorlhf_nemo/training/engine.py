@@ -20,6 +20,8 @@ from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from autorlhf_nemo.config.validate import to_container
+from autorlhf_nemo.parallel.runtime import compute_device
+from autorlhf_nemo.training.batching import to_device
 
 
 def wrap_for_training(model, cfg) -> DistributedDataParallel:
@@ -82,24 +84,29 @@ def reduce_reports(reports: list[Mapping[str, torch.Tensor]]) -> dict[str, float
     totals = None
     if parallel_state.is_pipeline_last_stage():
         stacked = torch.stack([sum(r[n].detach().double() for r in reports) for n in names]) \
-            if names else torch.zeros(0, 2, dtype=torch.float64)
+            if names else torch.zeros(0, 2, dtype=torch.float64, device=compute_device())
         dist.all_reduce(stacked, group=parallel_state.get_data_parallel_group())
         totals = dict(zip(names, stacked.tolist()))
     return {n: s / max(c, 1.0) for n, (s, c) in broadcast_from_last_stage(totals).items()}
 
 
 def train_step(ddp_model, optimizer, microbatches: Iterable[Any], num_microbatches: int,
-               forward_step: Callable, seq_length: int, micro_batch_size: int) -> StepResult:
+               forward_step: Callable, seq_length: int, micro_batch_size: int,
+               scheduler=None) -> StepResult:
     """One optimizer step over ``num_microbatches`` micro-batches (any PP schedule).
 
     ``forward_step(batch, model) -> (output, loss_func)`` as in Megatron-LM;
     ``loss_func(output) -> (loss_sum, num_tokens, {name: tensor([sum, count])})``.
+    ``scheduler`` (Megatron's OptimizerParamScheduler) advances one step when the update
+    was applied; an update skipped for non-finite gradients (fp16 loss scaling) leaves it.
     """
     ddp_model.zero_grad_buffer()
     optimizer.zero_grad()
     reports = _run_schedule(ddp_model, microbatches, num_microbatches, forward_step, seq_length,
                             micro_batch_size, forward_only=False)
     update_successful, grad_norm, _ = optimizer.step()
+    if scheduler is not None and update_successful:
+        scheduler.step(increment=1)
     return StepResult(reduce_reports(reports), grad_norm, update_successful)
 
 
@@ -115,9 +122,12 @@ def forward_only(model, microbatches: Iterable[Any], num_microbatches: int, forw
 
 def _run_schedule(model, microbatches, num_microbatches, forward_step, seq_length, micro_batch_size,
                   forward_only: bool):
-    """Megatron's pipeline schedule for this layout (no pipelining, 1F1B, ...)."""
+    """Megatron's pipeline schedule for this layout (no pipelining, 1F1B, ...). Each
+    micro-batch is moved to this rank's device as the schedule takes it (a no-op for
+    batches made there, e.g. from generations): the one place training data crosses."""
+    device = compute_device()
     return get_forward_backward_func()(
-        forward_step_func=lambda data_iter, m: forward_step(next(data_iter), m),
+        forward_step_func=lambda data_iter, m: forward_step(to_device(next(data_iter), device), m),
         data_iterator=iter(microbatches),
         model=[model],
         num_microbatches=num_microbatches,

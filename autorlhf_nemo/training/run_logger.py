@@ -87,7 +87,11 @@ class RunLogger:
         """reward_and_kl.png: rollout score, eval reward and KL per step."""
         if not self.enabled or not self.history:
             return None
-        import matplotlib
+        try:
+            import matplotlib
+        except ImportError:  # an optional output: a machine without matplotlib still finishes its run
+            self.message("matplotlib is not installed: no reward_and_kl.png (pip install matplotlib)")
+            return None
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt

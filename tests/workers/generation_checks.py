@@ -16,11 +16,12 @@ from autorlhf_nemo.config.compose import compose_config
 from autorlhf_nemo.config.validate import to_container
 from autorlhf_nemo.convert.hf_llama import load_hf_checkpoint
 from autorlhf_nemo.generation import Generator, SamplingParams
+from autorlhf_nemo.generation.engine import left_pad
 from autorlhf_nemo.generation.sampling import VocabParallel
 from autorlhf_nemo.models.gpt import build_model
 from autorlhf_nemo.ops.vocab_parallel import token_log_probs
 from autorlhf_nemo.parallel.runtime import initialize, shutdown
-from autorlhf_nemo.training.engine import forward_only
+from autorlhf_nemo.training.engine import broadcast_from_last_stage, forward_only
 from autorlhf_nemo.training.lm import make_lm_batch
 
 
@@ -38,6 +39,42 @@ def training_logprobs(model, out, vocab):
         return None
     prompt_len = out.prompt_ids.shape[1]
     return outputs[0][:, prompt_len - 1:] * out.response_mask
+
+
+def padding_checks(model, prompts, vocab, pad):
+    """Each prompt alone (no padding) against the same prompt in a left-padded and in a
+    right-padded batch: max abs differences of the logits (this rank's vocab shard) and of
+    the token log-probs over the real positions. On every rank (from the last stage)."""
+
+    def forward(tokens, mask):
+        batch = make_lm_batch(tokens, mask)
+
+        def step(micro, m):
+            output = m(micro["tokens"], micro["position_ids"], micro["attention_mask"])
+            return output, lambda logits, non_loss_data=False: (
+                logits.float(), token_log_probs(logits, micro["labels"], vocab))
+
+        outputs = forward_only(model, [batch], 1, step, batch["tokens"].shape[1], tokens.shape[0])
+        return outputs[0] if outputs else None
+
+    rows = [p for p in prompts if len(p) >= 2]
+    left_ids, left_mask = left_pad(rows, pad)
+    right_ids, right_mask = torch.full_like(left_ids, pad), torch.zeros_like(left_mask)
+    for row, prompt in enumerate(rows):
+        right_ids[row, :len(prompt)], right_mask[row, :len(prompt)] = torch.tensor(prompt), 1
+    left, right = forward(left_ids, left_mask), forward(right_ids, right_mask)
+    diffs = {"left_logits": 0.0, "left_logprobs": 0.0, "right_logits": 0.0, "right_logprobs": 0.0}
+    for row, prompt in enumerate(rows):
+        alone = forward(torch.tensor([prompt]), torch.ones(1, len(prompt), dtype=torch.long))
+        if alone is None:  # not the last pipeline stage
+            continue
+        n, width = len(prompt) - 1, left_ids.shape[1] - 1
+        for name, batch, real in (("left", left, slice(width - n, width)), ("right", right, slice(0, n))):
+            diffs[f"{name}_logits"] = max(diffs[f"{name}_logits"],
+                                          (batch[0][row, real] - alone[0][0]).abs().max().item())
+            diffs[f"{name}_logprobs"] = max(diffs[f"{name}_logprobs"],
+                                            (batch[1][row, real] - alone[1][0]).abs().max().item())
+    return broadcast_from_last_stage(diffs)
 
 
 def main():
@@ -104,6 +141,8 @@ def main():
               "inference_tensors": any(t.is_inference() for t in vars(runs[0]["output"]).values()
                                        if isinstance(t, torch.Tensor)),
               "sp_flags": sp_flags, "sampling": sampling_checks(m["vocab_size"], model.vocab_size)}
+    if not cfg.parallel.sequence_parallel:  # single prompts have lengths SP cannot split
+        result["padding"] = padding_checks(model, prompts, m["vocab_size"], args.pad)
     if dist.get_rank() == 0:
         torch.save(result, args.out)
     shutdown()

@@ -26,7 +26,7 @@ def place_scores(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     if (lengths == 0).any():
         raise ValueError("a response with no tokens cannot carry a score")
     placed = torch.zeros_like(mask)
-    placed[torch.arange(len(scores)), lengths - 1] = scores.float()
+    placed[torch.arange(len(scores), device=mask.device), lengths - 1] = scores.float()
     return placed
 
 
@@ -45,8 +45,8 @@ class RunningMoments:
         self.mean, self.var, self.count = 0.0, 1.0, 0
 
     def update(self, scores: torch.Tensor, group=None) -> None:
-        stats = torch.stack([scores.double().sum(), (scores.double() ** 2).sum(),
-                             torch.tensor(float(scores.numel()), dtype=torch.float64)])
+        scores = scores.double()
+        stats = torch.stack([scores.sum(), (scores ** 2).sum(), scores.new_tensor(float(scores.numel()))])
         if group is not None and dist.get_world_size(group) > 1:
             dist.all_reduce(stats, group=group)
         total, squares, n = stats.tolist()

@@ -54,6 +54,7 @@ class PPOTrainer:
         self.before = None  # evaluation of the initial policy
         self.restored_row = None  # the checkpointed step's metrics, on resume
         self.checkpoints = self.run_dir / "checkpoints"
+        self.save_error = None  # the last failed save (run_checkpoint.CheckpointSaveError), if any
 
     # ------------------------------------------------------------------ sampling
     def _sampling(self, seed: int, row_seeds, greedy: bool = False) -> SamplingParams:
@@ -104,12 +105,12 @@ class PPOTrainer:
         generation = self.generator.generate(prompts, self._sampling(
             seed=self.values["train"]["seed"] + 10**6, row_seeds=rows, greedy=self.task.eval_greedy))
         _, outputs, scores = self._score(prompts, generation)
-        totals = torch.tensor([sum(float(torch.tensor(s).sum()) for s in scores), float(len(scores))],
-                              dtype=torch.float64)
+        rewards = [float(sum(s)) if isinstance(s, list) else s for s in scores]  # per-token scores summed
+        totals = torch.tensor([sum(rewards), float(len(rewards))], dtype=torch.float64,
+                              device=generation.response_ids.device)
         dist.all_reduce(totals, group=parallel_state.get_data_parallel_group())
         shown = [self.task.eval_prompts[i] for i in rows]  # the prompt as written, not its chat template
-        samples = [(p, o, float(torch.tensor(s).sum())) for p, o, s in zip(shown, outputs, scores)]
-        return (totals[0] / totals[1]).item(), samples[:num_samples]
+        return (totals[0] / totals[1]).item(), list(zip(shown, outputs, rewards))[:num_samples]
 
     # ------------------------------------------------------------------ checkpoints
     def state(self, metrics: dict | None = None) -> dict:
@@ -124,7 +125,8 @@ class PPOTrainer:
 
     def resume(self, log=print) -> bool:
         """Continue from the newest complete checkpoint, if any. Every rank picks the same one."""
-        found = run_checkpoint.latest_complete(self.checkpoints, log=log if dist.get_rank() == 0 else _quiet)
+        found = run_checkpoint.latest_complete(self.checkpoints,
+                                               log=log if dist.get_rank() == 0 else run_checkpoint.silent)
         choice = [str(found) if found else None]
         dist.broadcast_object_list(choice, src=0)
         if choice[0] is None:
@@ -168,7 +170,13 @@ class PPOTrainer:
                 metrics["eval/reward"], _ = self.evaluate()
                 timer("evaluate")
             if last or (save_every and self.step_count % save_every == 0):
-                self.save(metrics={**metrics, **timer.times})
+                try:
+                    self.save(metrics={**metrics, **timer.times})
+                except run_checkpoint.CheckpointSaveError as error:  # raised on every rank alike
+                    # What was trained stays in memory: train on, export and report; the run
+                    # ends with this error (jobs.run_rl) once the HF export and summary exist.
+                    self.save_error = error
+                    logger.message(f"checkpoint save failed, training goes on: {error}")
                 timer("save")
             metrics.update(timer.times)
             metrics["time/step"] = sum(val for key, val in metrics.items()
@@ -182,15 +190,12 @@ class PPOTrainer:
         return {"before": self.before, "after": after, "history": logger.history}
 
 
-def _quiet(*args, **kwargs) -> None:
-    pass
-
-
 def score_tensor(scores: list, response_mask: torch.Tensor) -> torch.Tensor:
-    """[b] sequence scores, or [b, R] from per-token score lists (one per response token)."""
+    """[b] sequence scores, or [b, R] from per-token score lists (one per response token),
+    on the device of ``response_mask``: the rewards' way from the host onto the device."""
     if not scores or not isinstance(scores[0], (list, tuple)):
-        return torch.tensor(scores, dtype=torch.float32)
+        return torch.tensor(scores, dtype=torch.float32).to(response_mask.device)
     dense = torch.zeros(response_mask.shape, dtype=torch.float32)
     for row, values in enumerate(scores):
         dense[row, :len(values)] = torch.tensor(values, dtype=torch.float32)
-    return dense
+    return dense.to(response_mask.device)
