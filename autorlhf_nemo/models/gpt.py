@@ -1,14 +1,21 @@
 """One function builds the policy network: TransformerConfig + layer spec + GPTModel.
 
 Llama family: RMSNorm, SwiGLU MLP, rotary embeddings, grouped-query
-attention, no biases, tied or untied embeddings.  The Transformer Engine spec
-is used where TE imports (GPU clusters); the local spec (plain PyTorch +
-Megatron tensor-parallel layers, our sequence-parallel RMSNorm) otherwise.
+attention, no biases (Qwen2: on the QKV projections), tied or untied
+embeddings.  The Transformer Engine spec is used where TE imports (GPU
+clusters); the local spec (plain PyTorch + Megatron tensor-parallel layers,
+our sequence-parallel RMSNorm) otherwise.
+
+Batches are padded, so self-attention uses the padding-aware ``padding_causal``
+mask type in both specs, with the mask each expects (:func:`attention_mask`).
+Fusion flags are on only where their kernels exist (:func:`fusion_flags`).
 """
 
 from __future__ import annotations
 
 from typing import Any, Mapping
+
+import importlib.util
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +23,7 @@ from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.process_groups_config import ProcessGroupCollection
+from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_block import (
     TransformerBlockSubmodules,
@@ -25,6 +33,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from autorlhf_nemo.config.validate import to_container
 from autorlhf_nemo.models.norm import RMSNorm
+from autorlhf_nemo.parallel.runtime import compute_device
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -40,6 +49,31 @@ def transformer_engine_available() -> bool:
     return True
 
 
+def _importable(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def fusion_flags(use_te: bool) -> dict[str, bool]:
+    """TransformerConfig's fusion flags, each on only where its kernel exists (off on CPU):
+
+        bias_activation_fusion        Megatron's fused SwiGLU, compiled by torch.compile: CUDA + triton
+        masked_softmax_fusion         apex's fused masked softmax kernels (local spec attention)
+        apply_rope_fusion             Transformer Engine's fused rotary embedding
+        gradient_accumulation_fusion  apex's fused weight-gradient accumulation into main_grad; Megatron's
+                                      local linear layers (the value head, the local spec) require it
+        persist_layer_norm            apex's persistent LayerNorm: LayerNorm only, these models use RMSNorm
+    """
+    cuda = torch.cuda.is_available()
+    return {
+        "bias_activation_fusion": cuda and _importable("triton"),
+        "masked_softmax_fusion": cuda and _importable("scaled_masked_softmax_cuda")
+        and _importable("scaled_upper_triang_masked_softmax_cuda"),
+        "apply_rope_fusion": cuda and use_te,
+        "gradient_accumulation_fusion": cuda and _importable("fused_weight_gradient_mlp_cuda"),
+        "persist_layer_norm": False,
+    }
+
+
 def padded_vocab_size(vocab_size: int, divisible_by: int) -> int:
     """Round the vocabulary up to a multiple of ``divisible_by``.
 
@@ -50,9 +84,12 @@ def padded_vocab_size(vocab_size: int, divisible_by: int) -> int:
     return -(-vocab_size // divisible_by) * divisible_by
 
 
-def transformer_config(cfg: Mapping[str, Any] | Any) -> TransformerConfig:
-    """TransformerConfig for ``cfg.model`` at layout ``cfg.parallel``."""
+def transformer_config(cfg: Mapping[str, Any] | Any, use_te: bool | None = None) -> TransformerConfig:
+    """TransformerConfig for ``cfg.model`` at layout ``cfg.parallel`` (``use_te``: the layer
+    spec it serves; default: Transformer Engine where it imports)."""
     values = to_container(cfg)
+    if use_te is None:
+        use_te = transformer_engine_available()
     m, p, recompute = values["model"], values["parallel"], values["train"]["recompute"]
     dtype = DTYPES[m["params_dtype"]]
     return TransformerConfig(
@@ -80,12 +117,7 @@ def transformer_config(cfg: Mapping[str, Any] | Any) -> TransformerConfig:
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
         use_cpu_initialization=not torch.cuda.is_available(),
-        # Fused kernels are CUDA-only; TE/apex provide them on GPU.
-        bias_activation_fusion=False,
-        masked_softmax_fusion=False,
-        persist_layer_norm=False,
-        apply_rope_fusion=False,
-        gradient_accumulation_fusion=False,
+        **fusion_flags(use_te),
         # The loss function returns (sum, num_tokens): gradients are divided by
         # the global token count, independent of micro-batch count and DP size.
         calculate_per_token_loss=True,
@@ -98,20 +130,46 @@ def transformer_config(cfg: Mapping[str, Any] | Any) -> TransformerConfig:
 
 
 def layer_spec(config: TransformerConfig, use_te: bool | None = None) -> ModuleSpec | TransformerBlockSubmodules:
-    """The decoder spec for this rank's pipeline stage."""
+    """The decoder spec for this rank's pipeline stage, with padding-aware self-attention."""
     if use_te is None:
         use_te = transformer_engine_available()
     if use_te:
-        from megatron.core.models.gpt.gpt_layer_specs import (
-            get_gpt_layer_with_transformer_engine_spec,
-        )
+        from megatron.core.models.gpt import gpt_layer_specs
 
-        return get_gpt_layer_with_transformer_engine_spec()
-    layer = get_gpt_layer_local_spec(normalization="RMSNorm")
+        return _padding_aware(gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec())
+    layer = _padding_aware(get_gpt_layer_local_spec(normalization="RMSNorm"))
     layer.submodules.input_layernorm = RMSNorm
     layer.submodules.pre_mlp_layernorm = RMSNorm
     num_layers = get_num_layers_to_build(config, pp_rank=parallel_state.get_pipeline_model_parallel_rank())
     return TransformerBlockSubmodules(layer_specs=[layer] * num_layers, layer_norm=RMSNorm)
+
+
+def _padding_aware(layer: ModuleSpec) -> ModuleSpec:
+    """Self-attention with the ``padding_causal`` mask type: the ``causal`` type lets
+    Transformer Engine (and the fused causal softmax) ignore the padding mask."""
+    layer.submodules.self_attention.params["attn_mask_type"] = AttnMaskType.padding_causal
+    return layer
+
+
+def attention_mask(padding_mask: torch.Tensor, use_te: bool | None = None) -> torch.Tensor:
+    """The attention mask a GPTModel of this spec takes for a batch with ``padding_mask``
+    [b, s] (1 = real token); True = blocked.
+
+    Local spec: [b, 1, s, s], position i attends to real tokens j <= i (any padding).
+    Transformer Engine: [b, 1, 1, s], True on padding; TE applies the causal part itself
+    and its fused attention reads the mask as sequence lengths, so the real tokens of
+    each row must come first (right padding, as ``make_ppo_batch`` lays rows out)."""
+    if use_te is None:
+        use_te = transformer_engine_available()
+    real = padding_mask.bool()
+    if use_te:
+        if bool((real[:, 1:] & ~real[:, :-1]).any()):
+            raise ValueError("Transformer Engine reads a padding mask as sequence lengths: each row's "
+                             "real tokens must come first (pad on the right)")
+        return ~real[:, None, None, :]
+    s = real.shape[1]
+    causal = torch.ones(s, s, dtype=torch.bool, device=real.device).tril()
+    return ~(causal[None] & real[:, None, :]).unsqueeze(1)
 
 
 def build_model(cfg: Mapping[str, Any] | Any, use_te: bool | None = None, on_meta: bool = False) -> GPTModel:
@@ -124,7 +182,9 @@ def build_model(cfg: Mapping[str, Any] | Any, use_te: bool | None = None, on_met
     """
     values = to_container(cfg)
     m = values["model"]
-    config = transformer_config(values)
+    if use_te is None:
+        use_te = transformer_engine_available() and not on_meta
+    config = transformer_config(values, use_te)
     if on_meta:
         # Megatron's GPU path allocates on the current CUDA device explicitly; its CPU
         # path follows the default device, which the meta context sets (initialisation
@@ -132,10 +192,7 @@ def build_model(cfg: Mapping[str, Any] | Any, use_te: bool | None = None, on_met
         config.use_cpu_initialization = True
         with torch.device("meta"):
             return _gpt_model(config, m, use_te=False)
-    model = _gpt_model(config, m, use_te)
-    if torch.cuda.is_available():
-        model.cuda(torch.cuda.current_device())
-    return model
+    return _gpt_model(config, m, use_te).to(compute_device())
 
 
 def _gpt_model(config: TransformerConfig, m: Mapping[str, Any], use_te: bool | None) -> GPTModel:

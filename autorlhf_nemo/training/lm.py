@@ -4,18 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from autorlhf_nemo.models.gpt import attention_mask
 from autorlhf_nemo.ops.vocab_parallel import token_log_probs
-
-
-def causal_attention_mask(attention_mask_2d: torch.Tensor) -> torch.Tensor:
-    """[b, s] (1 = real token) -> Megatron's boolean mask [b, 1, s, s], True = blocked.
-
-    Position i attends to j <= i where j is a real token (left or right padding).
-    """
-    b, s = attention_mask_2d.shape
-    causal = torch.ones(s, s, dtype=torch.bool, device=attention_mask_2d.device).tril()
-    allowed = causal.unsqueeze(0) & attention_mask_2d.bool().unsqueeze(1)
-    return ~allowed.unsqueeze(1)
 
 
 def make_lm_batch(tokens: torch.Tensor, attention_mask_2d: torch.Tensor | None = None) -> dict:
@@ -27,7 +17,7 @@ def make_lm_batch(tokens: torch.Tensor, attention_mask_2d: torch.Tensor | None =
     return {
         "tokens": inputs,
         "position_ids": (mask.long().cumsum(-1) - 1).clamp(min=0),
-        "attention_mask": causal_attention_mask(mask),
+        "attention_mask": attention_mask(mask),
         "labels": labels,
         "loss_mask": (mask * attention_mask_2d[:, 1:]).float(),
     }

@@ -18,7 +18,7 @@ from autorlhf_nemo.generation import Generator, SamplingParams
 from autorlhf_nemo.generation.engine import left_pad
 from autorlhf_nemo.models.gpt import build_model
 from autorlhf_nemo.parallel.runtime import initialize, shutdown
-from autorlhf_nemo.training.lm import causal_attention_mask
+from autorlhf_nemo.models.gpt import attention_mask
 
 PROMPTS = [
     "What is the capital of France?",
@@ -28,7 +28,7 @@ PROMPTS = [
 
 
 def megatron_logits(model, ids: torch.Tensor, vocab: int) -> torch.Tensor:
-    mask = causal_attention_mask(torch.ones_like(ids))
+    mask = attention_mask(torch.ones_like(ids))
     positions = torch.arange(ids.shape[1]).unsqueeze(0)
     return model(ids, positions, mask)[..., :vocab].float()
 

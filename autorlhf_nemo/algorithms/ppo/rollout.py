@@ -20,7 +20,7 @@ import torch
 from megatron.core import parallel_state
 
 from autorlhf_nemo.algorithms.ppo.shaping import clip_scores, kl_penalized_rewards
-from autorlhf_nemo.algorithms.ppo.step import make_ppo_batch
+from autorlhf_nemo.algorithms.ppo.step import make_ppo_batch, response_positions
 from autorlhf_nemo.models.reference import FrozenTrunk, model_inputs
 from autorlhf_nemo.ops.advantages import gae
 from autorlhf_nemo.ops.masked import masked_mean, masked_whiten
@@ -54,7 +54,7 @@ class Experience:
         return batch
 
 
-def response_forward(model, batch: dict, prompt_len: int, response_mask, vocab_size: int,
+def response_forward(model, batch: dict, prompt_mask, response_mask, vocab_size: int,
                      micro_batch_size: int, with_values: bool = True):
     """Log-probs [b, R] (and values [b, R] from a PolicyValueModel) of the response
     tokens of ``batch`` (from make_ppo_batch) on the last stage; None elsewhere."""
@@ -73,10 +73,10 @@ def response_forward(model, batch: dict, prompt_len: int, response_mask, vocab_s
     outputs = forward_only(model, micro, len(micro), step, seq, micro_batch_size)
     if not parallel_state.is_pipeline_last_stage():
         return None
-    start, width = prompt_len - 1, response_mask.shape[1]
+    positions = response_positions(prompt_mask, response_mask.shape[1])
     mask = response_mask.float()
-    logprobs = torch.cat([o[0] for o in outputs])[:, start:start + width] * mask
-    values = torch.cat([o[1] for o in outputs])[:, start:start + width] * mask if with_values else None
+    logprobs = torch.cat([o[0] for o in outputs]).gather(1, positions) * mask
+    values = torch.cat([o[1] for o in outputs]).gather(1, positions) * mask if with_values else None
     return logprobs, values
 
 
@@ -96,13 +96,13 @@ def make_experience(generation, scores: torch.Tensor, policy, reference, *, voca
     trunk_hidden = trunk.hidden(batch, micro_batch_size) if trunk is not None else None
     if trunk_hidden is not None:
         batch["trunk_hidden"] = trunk_hidden
-    args = (batch, g.prompt_ids.shape[1], mask, vocab_size, micro_batch_size)
+    args = (batch, g.prompt_mask, mask, vocab_size, micro_batch_size)
     with trunk.top(_unwrap(policy).gpt) if trunk else contextlib.nullcontext():
         policy_out = response_forward(policy, *args, with_values=True)
     with trunk.top(reference) if trunk else contextlib.nullcontext():
         reference_out = response_forward(reference, *args, with_values=False)
     dp_group = parallel_state.get_data_parallel_group()
-    zeros = torch.zeros(mask.shape)
+    zeros = torch.zeros(mask.shape, device=mask.device)
     if policy_out is None:  # not the last pipeline stage
         return Experience(g.prompt_ids, g.prompt_mask, g.response_ids, mask, scores, zeros, zeros, zeros,
                           zeros, zeros, zeros, zeros, trunk_hidden), {}
@@ -112,7 +112,7 @@ def make_experience(generation, scores: torch.Tensor, policy, reference, *, voca
     advantages, returns = gae(rewards, values, mask, gamma, lam)
     if whiten_advantages:
         advantages = masked_whiten(advantages, mask, group=dp_group)
-    rows = torch.ones(mask.shape[0])
+    rows = torch.ones(mask.shape[0], device=mask.device)
     sequence_scores = scores if scores.dim() == 1 else (scores * mask).sum(-1)
     stats = {"score": masked_mean(sequence_scores, rows, dp_group).item(),
              "kl": masked_mean(kl.sum(-1), rows, dp_group).item(),
