@@ -98,25 +98,30 @@ FROZEN = ["algorithm.num_layers_unfrozen=2"]  # top 2 of 4 layers train; the ref
 LAYOUTS = {"tp1": (1, []), "tp2": (2, ["parallel=tp2"]), "pp2": (2, ["parallel=pp2"]),
            "dp2": (2, ["parallel=dp2"]), "tp2_sp": (2, ["parallel=tp2_sp"]),
            "tp1_frozen_cached": (1, FROZEN), "tp1_frozen_full": (1, [*FROZEN, "algorithm.cache_frozen_trunk=false"]),
-           "tp2_sp_frozen_cached": (2, ["parallel=tp2_sp", *FROZEN])}
+           "tp2_sp_frozen_cached": (2, ["parallel=tp2_sp", *FROZEN]),
+           # Megatron's recomputed forward runs the cached trunk's top layers too
+           "tp1_frozen_cached_recompute": (1, [*FROZEN, "train.recompute=full"])}
 
 
 @pytest.fixture(scope="module")
 def invariance_runs(pretrained_walker, tmp_path_factory):
-    """First 3 PPO steps from the same pretrained walker at every layout."""
+    """First 3 PPO steps from the same pretrained walker at every layout, with the randomwalks
+    defaults (128 rollouts, 4 epochs x 4 minibatches), under the device-discipline check
+    (AUTORLHF_VIRTUAL_GPU: a host tensor meeting a device tensor, or handed to NCCL, raises)."""
     runs = {}
     for name, (nproc, layout) in LAYOUTS.items():
         run_dir = tmp_path_factory.mktemp(f"inv_{name}")
         cli(nproc, [*RANDOMWALKS, *layout, f"run_dir={run_dir}", f"model.hf_checkpoint={pretrained_walker / 'hf'}",
-                    "train.total_steps=3", "algorithm.rollouts_per_step=64",
-                    "algorithm.minibatches=1", "checkpoint.export_hf=false", "logging.tensorboard=false"])
+                    "train.total_steps=3", "checkpoint.export_hf=false", "logging.tensorboard=false"],
+            virtual_gpu=True)
         runs[name] = metrics(run_dir)
     return runs
 
 
 @pytest.mark.parametrize("base,layout", [("tp1", "tp2"), ("tp1", "pp2"), ("tp1", "dp2"), ("tp1", "tp2_sp"),
                                          ("tp1_frozen_full", "tp1_frozen_cached"),
-                                         ("tp1_frozen_full", "tp2_sp_frozen_cached")])
+                                         ("tp1_frozen_full", "tp2_sp_frozen_cached"),
+                                         ("tp1_frozen_full", "tp1_frozen_cached_recompute")])
 def test_first_ppo_steps_are_layout_invariant(invariance_runs, base, layout):
     """Same losses at every layout; and with a frozen trunk, the same with its
     output cached once per rollout (hydra forward) as with full forwards."""
@@ -128,3 +133,13 @@ def test_first_ppo_steps_are_layout_invariant(invariance_runs, base, layout):
         for key in ("learn/loss", "learn/policy_loss", "learn/value_loss"):
             a, b = base[step][key], other[step][key]
             assert abs(a - b) <= 1e-4 * abs(a), (layout, step, key, a, b)
+
+
+def test_data_parallel_size_does_not_change_learning(invariance_runs):
+    """Minibatches are global: with 4 epochs x 4 minibatches, DP2 trains on the same rows in
+    every optimizer step as DP1, so every rollout and learning metric agrees (rel 1e-3)."""
+    base, other = invariance_runs["tp1"], invariance_runs["dp2"]
+    for step in (1, 2):
+        assert set(other[step]) == set(base[step])
+        for key, value in base[step].items():
+            assert other[step][key] == pytest.approx(value, rel=1e-3, abs=1e-7), (step, key)

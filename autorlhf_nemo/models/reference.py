@@ -118,14 +118,16 @@ class FrozenTrunk:
     @contextlib.contextmanager
     def _layers(self, gpt, layers, trunk_only: bool):
         decoder = gpt.decoder
-        saved = decoder.layers, decoder.final_layernorm, gpt.post_process
+        saved = decoder.layers, decoder.num_layers_per_pipeline_rank, decoder.final_layernorm, gpt.post_process
         decoder.layers = torch.nn.ModuleList(layers)
+        # Megatron's recomputed (train.recompute=full) forward counts layers by this number
+        decoder.num_layers_per_pipeline_rank = len(layers)
         if trunk_only:  # stop after the frozen layers: no final norm, no output layer
             decoder.final_layernorm, gpt.post_process = None, False
         try:
             yield gpt
         finally:
-            decoder.layers, decoder.final_layernorm, gpt.post_process = saved
+            decoder.layers, decoder.num_layers_per_pipeline_rank, decoder.final_layernorm, gpt.post_process = saved
 
     def top(self, gpt):
         """Context: ``gpt`` (the policy's or the reference's GPTModel) runs only its

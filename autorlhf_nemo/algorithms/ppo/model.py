@@ -46,6 +46,17 @@ def nemo_config(cfg) -> DictConfig:
     return OmegaConf.create(values)
 
 
+def minibatch_assignment(rows: int, minibatches: int, generator: torch.Generator) -> torch.Tensor:
+    """[rows] minibatch index of each global row for one epoch.
+
+    Rows are taken in runs of ``minibatches`` consecutive rows; each run is dealt out in
+    a random order, one row to every minibatch. Each minibatch is a random subset of the
+    rows, and every contiguous equal share of the rows (a DP rank's) holds an equal part
+    of every minibatch, so the minibatches do not depend on the DP size."""
+    runs = torch.rand(rows // minibatches, minibatches, generator=generator)
+    return runs.argsort(dim=1).flatten()
+
+
 def optimizer_steps(values: dict) -> int:
     a = values["algorithm"]
     return values["train"]["total_steps"] * a["ppo_epochs"] * a["minibatches"]
@@ -121,32 +132,32 @@ class PPOModel(ModelPT):
                 whiten_advantages=a["whiten_advantages"], pad_to_multiple_of=self.seq_multiple, trunk=self.trunk)
 
     def training_step(self, experience, generator: torch.Generator) -> dict:
-        """ppo_epochs passes over this rank's experience, ``minibatches`` optimizer steps each;
+        """ppo_epochs passes over the step's experience, ``minibatches`` optimizer steps each;
         returns the last step's metrics plus lr and grad_norm.
 
-        Rows are shuffled by a permutation of all ``rollouts_per_step`` rows drawn from
-        ``generator`` (the same draw at every layout); this rank keeps its own rows in that order."""
+        Minibatches are global: which rows form minibatch k of an epoch is drawn from
+        ``generator`` (the same draw on every rank) over the global row indices, so every
+        optimizer step sees the same rows at every DP size (``minibatch_assignment``).
+        Each rank trains on its own rows of each minibatch; nothing moves between ranks."""
         a = self.values["algorithm"]
         batch = experience.learner_batch(self.seq_multiple)
         rows_total, seq = batch["tokens"].shape
-        per_minibatch = rows_total // a["minibatches"]
         first = parallel_state.get_data_parallel_rank() * rows_total
         step_fn = ppo_forward_step(self.vocab_size, a["clip_ratio"], a["clip_value"], a["vf_coef"],
                                    a["entropy_coef"])
         metrics = {}
         for _ in range(a["ppo_epochs"]):
-            order = torch.randperm(a["rollouts_per_step"], generator=generator)
-            order = order[(order >= first) & (order < first + rows_total)] - first
+            assignment = minibatch_assignment(a["rollouts_per_step"], a["minibatches"], generator)
+            local = assignment[first:first + rows_total].to(batch["tokens"].device)
             for k in range(a["minibatches"]):
-                rows = order[k * per_minibatch:(k + 1) * per_minibatch]
+                rows = torch.nonzero(local == k).flatten()
                 micro = data_parallel_microbatches({key: v[rows] for key, v in batch.items()}, 0, 1,
                                                    self.micro_batch_size)
+                lr = self.scheduler.get_lr(self.optimizer.param_groups[0])
                 with self.trunk.top(self.policy.module.gpt) if self.trunk else contextlib.nullcontext():
                     result = train_step(self.policy, self.optimizer, micro, len(micro), step_fn, seq,
-                                        self.micro_batch_size)
-                metrics = {**result.metrics, "lr": self.scheduler.get_lr(self.optimizer.param_groups[0]),
-                           "grad_norm": float(result.grad_norm or 0.0)}
-                self.scheduler.step(increment=1)
+                                        self.micro_batch_size, scheduler=self.scheduler)
+                metrics = {**result.metrics, "lr": lr, "grad_norm": float(result.grad_norm or 0.0)}
         self._weights_changed([p for p in self.policy.module.gpt.parameters() if p.requires_grad])
         return metrics
 
