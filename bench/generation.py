@@ -11,12 +11,18 @@ by side and the ratio. The two engines run in turns (theirs, ours, theirs,
 time), so a machine whose speed drifts during the run treats both alike. transformers runs inside
 ``native_torch()``, without the CPU compatibility layer that Megatron needs.
 
+Then, for our engine at the shortest length, where a call's time goes: per-call
+set-up, the prefill pass, the decode steps' forward passes, and sampling and
+bookkeeping between them (the decode loop around the model).
+
     .venv/bin/python bench/generation.py [--threads 2] [--repeats 3] [--dtypes float32 bfloat16]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import platform
 import time
 
 import torch
@@ -46,6 +52,54 @@ def interleaved(fns: dict, repeats: int) -> dict:
     return {name: min(t) for name, t in times.items()}
 
 
+def cpu_model() -> str:
+    """The CPU's model name and widest vector extension (from /proc/cpuinfo on Linux)."""
+    name, flags = platform.processor() or "unknown CPU", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    vector = next((v for v in ("avx512_bf16", "avx512f", "avx2") if v in flags), "no AVX2")
+    return f"{name} ({vector}, {os.cpu_count()} cores)"
+
+
+def time_breakdown(engine, prompts, params, repeats: int) -> dict:
+    """Seconds of one generate call split into: the prefill forward pass, the decode steps'
+    forward passes, and everything else (per-call set-up, sampling, bookkeeping); the
+    fastest of ``repeats`` calls."""
+    forward = engine._stage_forward
+    calls: list[float] = []
+
+    def timed(*args, **kwargs):
+        start = time.perf_counter()
+        out = forward(*args, **kwargs)
+        calls.append(time.perf_counter() - start)
+        return out
+
+    engine._stage_forward = timed
+    best = None
+    try:
+        for _ in range(repeats):
+            calls.clear()
+            start = time.perf_counter()
+            engine.generate(prompts, params)
+            total = time.perf_counter() - start
+            split = {"total": total, "prefill": calls[0], "decode forwards": sum(calls[1:]),
+                     "decode steps": len(calls) - 1}
+            split["set-up, sampling, bookkeeping"] = total - calls[0] - sum(calls[1:])
+            if best is None or total < best["total"]:
+                best = split
+    finally:
+        engine._stage_forward = forward
+    return best
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=2)
@@ -73,6 +127,7 @@ def main():
     ids, mask = left_pad(prompts, tokenizer.pad_token_id)
     tokens = {new: len(prompts) * new for new in args.new_tokens}
 
+    print(f"CPU: {cpu_model()}; native bf16 GEMM: {matmul.native_bf16_gemm()}; torch {torch.__version__}")
     print(f"SmolLM2-135M-Instruct, batch {len(prompts)}, prompt lengths "
           f"{min(map(len, prompts))}-{max(map(len, prompts))}, greedy, {torch.get_num_threads()} threads, "
           f"best of {args.repeats} interleaved runs")
@@ -113,6 +168,14 @@ def main():
             ours_tps, theirs_tps = tokens[new] / seconds["ours"], tokens[new] / seconds["theirs"]
             print(f"{dtype:>8} | {new:>10} | {ours_tps:>19.1f} | {theirs_tps:>18.1f} | "
                   f"{ours_tps / theirs_tps:>5.2f}", flush=True)
+        shortest = min(args.new_tokens)
+        split = time_breakdown(engine, prompts, SamplingParams(max_new_tokens=shortest, greedy=True),
+                               args.repeats)
+        print(f"{dtype:>8} | where one {shortest}-token call's {split['total'] * 1000:.0f} ms go: prefill "
+              f"{split['prefill'] * 1000:.0f} ms, {split['decode steps']} decode forwards "
+              f"{split['decode forwards'] * 1000:.0f} ms "
+              f"({split['decode forwards'] * 1000 / split['decode steps']:.1f} ms each), set-up + sampling "
+              f"+ bookkeeping {split['set-up, sampling, bookkeeping'] * 1000:.0f} ms", flush=True)
     shutdown()
 
 

@@ -2,9 +2,9 @@
 CPU-only machine, tensors carry where they would live on a GPU, and what would fail
 there (a host tensor meeting a device tensor, a host tensor handed to NCCL) raises.
 
-The unit tests show the rules catch each kind of mistake; the runs below put the whole
+The unit tests show the rules catch each kind of mistake; the run below puts the whole
 PPO step (generate, score, experience, learn, evaluate, save) and the LM training
-step of the randomwalks pretraining through the check at several layouts.
+step of the randomwalks pretraining through the check.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
 
 import pytest
 import torch
@@ -20,8 +21,6 @@ import torch.distributed as dist
 from autorlhf_nemo.parallel import cpu_compat
 from autorlhf_nemo.parallel.cpu_compat import DeviceMismatchError, on_device
 from helpers import cli_command, cli_env
-
-import subprocess
 
 
 @pytest.fixture
@@ -97,24 +96,19 @@ def test_collectives_take_device_tensors_on_nccl_groups(virtual_gpu):
         dist.destroy_process_group()
 
 
-RANDOMWALKS = ["algorithm=ppo", "task=randomwalks", "task.pretrain_steps=2", "train.total_steps=2",
-               "checkpoint.resume=false", "checkpoint.save_every=1", "logging.progress_bar=false",
-               "logging.tensorboard=false", "algorithm.scale_reward=running"]
-
-
-@pytest.mark.parametrize("nproc,layout", [
-    # LM steps (pretraining), frozen trunk cached for the reference and learning, evaluation, saves
-    (1, ["algorithm.num_layers_unfrozen=2"]),
-    # TP collectives (vocab-parallel sampling, log-probs, entropy, value head) and sequence parallelism
-    (2, ["parallel=tp2_sp", "algorithm.num_layers_unfrozen=2"]),
-    # PP sends and broadcasts, DP statistics and gradient reduction
-    (4, ["parallel=pp2", "parallel.world_size=4", "train.micro_batch_size=16"]),
-])
-def test_ppo_and_lm_steps_keep_device_discipline(tmp_path, nproc, layout):
+def test_ppo_and_lm_steps_keep_device_discipline(tmp_path):
+    """A 2-rank data-parallel randomwalks run under the check: pretraining (LM steps), the
+    frozen trunk cached for the reference and learning, rewards scaled by running moments
+    (merged over DP), evaluation, checkpoint saves and the HF export. The layout tests
+    (test_layouts.py) and the PPO layout-invariance runs (test_ppo_runs.py) run every other
+    layout under the check as well."""
     run_dir = tmp_path / "run"
-    env = dict(cli_env(), AUTORLHF_VIRTUAL_GPU="1")
-    proc = subprocess.run(cli_command(nproc, [*RANDOMWALKS, *layout, f"run_dir={run_dir}"]), env=env,
-                          capture_output=True, text=True, timeout=900)
+    overrides = ["algorithm=ppo", "task=randomwalks", "parallel=dp2", "train.micro_batch_size=16",
+                 "task.pretrain_steps=2", "train.total_steps=2", "algorithm.num_layers_unfrozen=2",
+                 "algorithm.scale_reward=running", "checkpoint.resume=false", "checkpoint.save_every=1",
+                 "logging.progress_bar=false", "logging.tensorboard=false", f"run_dir={run_dir}"]
+    proc = subprocess.run(cli_command(2, overrides), env=cli_env(virtual_gpu=True), capture_output=True,
+                          text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2] and rows[1]["rollout/kl"] == 0.0

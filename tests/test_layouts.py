@@ -2,7 +2,8 @@
 
 One torchrun launch per layout records logits, one LM training step (loss,
 grad norm, updated weights) and, for some, a distributed checkpoint; the tests
-below compare those records.
+below compare those records. Every launch runs under the device-discipline check
+(AUTORLHF_VIRTUAL_GPU: a host tensor meeting a GPU tensor, or handed to NCCL, raises).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class Records:
             out = self.root / f"{name}.pt"
             torchrun("layout_checks.py", nproc, ["--batch", str(self.batch_file), "--out", str(out),
                                                  *extra, *(["--hf", str(hf or self.hf_dir)]), *TRAIN,
-                                                 *overrides])
+                                                 *overrides], virtual_gpu=True)
             self._cache[name] = torch.load(out, weights_only=False)
         return self._cache[name]
 

@@ -106,14 +106,15 @@ LAYOUTS = {"tp1": (1, []), "tp2": (2, ["parallel=tp2"]), "pp2": (2, ["parallel=p
 @pytest.fixture(scope="module")
 def invariance_runs(pretrained_walker, tmp_path_factory):
     """First 3 PPO steps from the same pretrained walker at every layout, with the randomwalks
-    defaults (128 rollouts, 4 epochs x 4 minibatches), under the device-discipline check
+    defaults (128 rollouts, 4 epochs x 4 minibatches; micro-batches of 16 so that DP2 divides
+    them), under the device-discipline check
     (AUTORLHF_VIRTUAL_GPU: a host tensor meeting a device tensor, or handed to NCCL, raises)."""
     runs = {}
     for name, (nproc, layout) in LAYOUTS.items():
         run_dir = tmp_path_factory.mktemp(f"inv_{name}")
         cli(nproc, [*RANDOMWALKS, *layout, f"run_dir={run_dir}", f"model.hf_checkpoint={pretrained_walker / 'hf'}",
-                    "train.total_steps=3", "checkpoint.export_hf=false", "logging.tensorboard=false"],
-            virtual_gpu=True)
+                    "train.total_steps=3", "train.micro_batch_size=16", "checkpoint.export_hf=false",
+                    "logging.tensorboard=false"], virtual_gpu=True)
         runs[name] = metrics(run_dir)
     return runs
 
