@@ -7,13 +7,35 @@ from typing import Callable, Sequence
 __version__ = "0.1.0"
 
 
+def silence_expected_noise() -> None:
+    """Hide the start-up messages every CPU run printed to every user, and nothing else:
+    megatron-core's notices that the optional GPU libraries (Transformer Engine, apex) are
+    absent, its deprecation warning tripped by its own default ``cuda_graph_scope``, and the
+    telemetry logger NeMo brings (nv_one_logger) saying it has no exporters. Runs on import
+    of this package, so in every process before megatron or NeMo is imported."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r"(Transformer Engine and Apex are|Apex is) not installed",
+                            category=UserWarning, module=r"megatron\.core")
+    warnings.filterwarnings("ignore", message="full scope is deprecated", category=UserWarning,
+                            module=r"megatron\.core\.transformer\.transformer_config")
+    logging.getLogger("nv_one_logger").setLevel(logging.ERROR)
+
+
+silence_expected_noise()
+
+
 def train(overrides: Sequence[str] = (), *, reward_fn: Callable | None = None,
           prompts: Sequence[str] | None = None, eval_prompts: Sequence[str] | None = None) -> dict:
     """Run RL from Python, as ``python -m autorlhf_nemo <overrides>`` would.
 
     With ``reward_fn(samples, prompts, outputs, **metadata) -> list[float]`` (or
-    per-token lists) and ``prompts`` the task is ``custom``; ``algorithm`` defaults
-    to ppo. Call it in every process under torchrun, or in a plain process for a
+    per-token lists) and ``prompts`` the task is ``custom`` (conf/task/custom.yaml:
+    settings that keep a step of a small model cheap; your overrides and a recipe's
+    settings win); ``algorithm`` defaults to ppo. Without ``eval_prompts`` the
+    evaluations use the first ``task.num_eval_prompts`` training prompts (the report
+    says so). Call it in every process under torchrun, or in a plain process for a
     single-rank run. Returns {"before", "after", "history"} (evaluations and
     per-step metrics; complete on global rank 0).
 
@@ -22,11 +44,15 @@ def train(overrides: Sequence[str] = (), *, reward_fn: Callable | None = None,
                             prompts=["Tell me a joke.", "Describe the sea."])
     """
     from autorlhf_nemo.config.compose import compose_config
+    from autorlhf_nemo.config.validate import validate_config
     from autorlhf_nemo.jobs import run_rl
 
     overrides = list(overrides)
     if not any(o.startswith("algorithm=") for o in overrides):
         overrides.insert(0, "algorithm=ppo")
     if reward_fn is not None and not any(o.startswith(("task=", "task.name=")) for o in overrides):
-        overrides.append("task.name=custom")
-    return run_rl(compose_config(overrides), prompts=prompts, reward_fn=reward_fn, eval_prompts=eval_prompts)
+        # The group sets the custom task's defaults; the name also beats a recipe's placeholder task.
+        overrides += ["task=custom", "task.name=custom"]
+    cfg = compose_config(overrides)
+    validate_config(cfg)  # a ConfigError in seconds, before torch and megatron load
+    return run_rl(cfg, prompts=prompts, reward_fn=reward_fn, eval_prompts=eval_prompts)

@@ -11,7 +11,7 @@ import hydra
 from omegaconf import DictConfig
 
 from autorlhf_nemo.config.compose import conf_dir
-from autorlhf_nemo.config.validate import ConfigError
+from autorlhf_nemo.config.validate import ConfigError, validate_config
 from autorlhf_nemo.config.schema import register_configs
 
 register_configs()
@@ -22,6 +22,7 @@ def main(cfg: DictConfig) -> None:
     from autorlhf_nemo.jobs import run_job
 
     try:
+        validate_config(cfg)  # in seconds: before torch, megatron or a process group is loaded
         run_job(cfg)
     except ConfigError as error:  # a user error, not a crash: no traceback
         print(f"autorlhf_nemo: {error}", file=sys.stderr)

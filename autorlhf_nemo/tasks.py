@@ -30,6 +30,9 @@ class Task:
     pad_token_id: int
     init_weights: Callable             # init_weights(gpt, cfg, runtime) -> None
     eval_greedy: bool = False
+    # None: the evaluation prompts are the task's own held-out set; otherwise what they are
+    # instead, as the report and summary.json name them.
+    eval_set: str | None = None
 
 
 class TokenizerCodec:
@@ -83,8 +86,8 @@ def _randomwalks(cfg) -> Task:
         if to_container(cfg)["model"]["hf_checkpoint"]:  # a walker trained before (e.g. an hf_export)
             _load_hf_weights(gpt, cfg, runtime)
         elif task_cfg["pretrain_steps"] > 0:
-            trained, _ = pretrain(cfg, runtime, walks, steps=task_cfg["pretrain_steps"], batch_size=96,
-                                  lr=task_cfg["pretrain_lr"])
+            trained, _ = pretrain(cfg, runtime, walks, steps=task_cfg["pretrain_steps"],
+                                  batch_size=task_cfg["pretrain_batch_size"], lr=task_cfg["pretrain_lr"])
             gpt.load_state_dict(trained.module.state_dict())
 
     starts = list(walks.prompts)
@@ -102,21 +105,28 @@ def _sentiment(cfg) -> Task:
                 _load_hf_weights)
 
 
+def _custom(cfg, prompts: Sequence[str] | None, reward_fn: Callable | None,
+            eval_prompts: Sequence[str] | None) -> Task:
+    """The caller's prompts and reward. Without ``eval_prompts`` the evaluations use the
+    first ``task.num_eval_prompts`` training prompts, and the task says so (``eval_set``)."""
+    if prompts is None or reward_fn is None:
+        raise ConfigError(["task=custom needs prompts and a reward_fn: pass them to "
+                           "autorlhf_nemo.train(prompts=..., reward_fn=...) or pick task=randomwalks|sentiment"])
+    codec, eos, pad = _hf_codec(cfg)
+    eval_set = None
+    if not eval_prompts:
+        eval_prompts = prompts[:to_container(cfg)["task"]["num_eval_prompts"]]
+        eval_set = f"first {len(eval_prompts)} training prompts; no eval_prompts given"
+    return Task("custom", list(prompts), list(eval_prompts), reward_fn, codec.encode, codec.decode, eos, pad,
+                _load_hf_weights, eval_set=eval_set)
+
+
 def build_task(cfg, prompts: Sequence[str] | None = None, reward_fn: Callable | None = None,
                eval_prompts: Sequence[str] | None = None) -> Task:
     """The task ``cfg.task.name`` names; ``custom`` takes prompts and reward_fn from the caller."""
     name = to_container(cfg)["task"]["name"]
     if name == "custom":
-        if prompts is None or reward_fn is None:
-            raise ConfigError(["task=custom needs prompts and a reward_fn: pass them to "
-                               "autorlhf_nemo.train(prompts=..., reward_fn=...) or pick task=randomwalks|sentiment"])
-        if to_container(cfg)["model"]["hf_checkpoint"]:
-            codec, eos, pad = _hf_codec(cfg)
-            init = _load_hf_weights
-        else:
-            raise ConfigError(["task=custom needs a tokenizer: set model.hf_checkpoint (e.g. model=smollm2_135m)"])
-        return Task("custom", list(prompts), list(eval_prompts or prompts[:64]), reward_fn, codec.encode,
-                    codec.decode, eos, pad, init)
+        return _custom(cfg, prompts, reward_fn, eval_prompts)
     if prompts is not None or reward_fn is not None:
         raise ConfigError([f"task={name} brings its own prompts and reward: use task=custom to pass yours"])
     builders = {"randomwalks": _randomwalks, "sentiment": _sentiment}

@@ -1,10 +1,12 @@
 """Hydra composition, CLI overrides and layout validation (no process group needed)."""
 
+import copy
 import os
 import subprocess
 import sys
 
 import pytest
+from helpers import cli_env
 
 from autorlhf_nemo.config import ConfigError, validate_config
 from autorlhf_nemo.config.compose import compose_config
@@ -113,8 +115,8 @@ BAD_CONFIGS = [
     (["parallel.backend=mpi"], 1, ["backend='mpi'", "gloo"]),
     (["model.make_vocab_size_divisible_by=1", "model.vocab_size=251", "parallel=tp2"], 2,
      ["make_vocab_size_divisible_by=1", "251", "multiple of 2"]),
-    (["parallel.context_parallel_size=2", "train.seq_length=6", "model.max_position_embeddings=64"], 2,
-     ["seq_length=6", "context_parallel_size=2"]),
+    (["parallel.context_parallel_size=2"], 2,
+     ["parallel.context_parallel_size=2", "context parallelism is not implemented yet", "use 1"]),
     (["parallel.use_distributed_optimizer=true", "train.optimizer=sgd"], 1,
      ["use_distributed_optimizer=true", "train.optimizer=adam"]),
     (["parallel.tensor_model_parallel_size=0"], 1, ["tensor_model_parallel_size=0", ">= 1"]),
@@ -127,6 +129,11 @@ BAD_CONFIGS = [
     (["algorithm=ppo", "algorithm.scale_reward=std"], 1, ["scale_reward='std'", "'running'"]),
     (["algorithm=ppo", "train.lr_decay_style=step"], 1, ["lr_decay_style='step'", "cosine"]),
     (["train.recompute=block"], 1, ["train.recompute='block'", "selective or full"]),
+    (["algorithm=ppo", "task=randomwalks", "parallel=dp2", "algorithm.minibatches=2",
+      "task.pretrain_batch_size=97"], 2,
+     ["task.pretrain_batch_size=97", "data-parallel size 2", "multiple of 2"]),
+    (["algorithm=ppo", "train.lr_warmup_steps=8", "train.total_steps=2", "algorithm.ppo_epochs=2"], 1,
+     ["train.lr_warmup_steps=8", "4 optimizer steps"]),
 ]
 
 
@@ -205,3 +212,163 @@ def test_recompute_reaches_megatron_config():
     full = transformer_config(compose_config(["train.recompute=full"]))
     assert (full.recompute_granularity, full.recompute_method, full.recompute_num_layers) == ("full", "uniform", 1)
     assert transformer_config(compose_config([])).recompute_granularity is None
+
+
+# Numeric ranges: (override on the default randomwalks PPO run, fragment naming the field and value).
+BAD_NUMBERS = [
+    ("train.lr=-1", "train.lr=-1.0"),
+    ("train.lr=nan", "train.lr=nan"),
+    ("train.lr=inf", "train.lr=inf"),
+    ("train.min_lr=1e-3", "train.min_lr=0.001"),          # above train.lr=5e-5
+    ("train.weight_decay=-0.1", "train.weight_decay=-0.1"),
+    ("train.adam_beta1=1", "train.adam_beta1=1.0"),
+    ("train.adam_beta2=-0.1", "train.adam_beta2=-0.1"),
+    ("train.adam_eps=0", "train.adam_eps=0.0"),
+    ("train.clip_grad=-1", "train.clip_grad=-1.0"),
+    ("train.lr_warmup_steps=-1", "train.lr_warmup_steps=-1"),
+    ("train.lr_decay_steps=0", "train.lr_decay_steps=0"),
+    ("train.eval_every=-1", "train.eval_every=-1"),
+    ("train.seed=-1", "train.seed=-1"),
+    ("train.total_steps=0", "train.total_steps=0"),
+    ("parallel.timeout_minutes=0", "parallel.timeout_minutes=0"),
+    ("parallel.world_size=0", "parallel.world_size=0"),
+    ("algorithm.kl_horizon=0", "algorithm.kl_horizon=0"),
+    ("algorithm.vf_coef=-1", "algorithm.vf_coef=-1.0"),
+    ("algorithm.entropy_coef=-0.01", "algorithm.entropy_coef=-0.01"),
+    ("algorithm.clip_reward=0", "algorithm.clip_reward=0.0"),
+    ("algorithm.gamma=1.5", "algorithm.gamma=1.5"),
+    ("algorithm.init_kl_coef=nan", "algorithm.init_kl_coef=nan"),
+    ("algorithm.value_head_seed=-1", "algorithm.value_head_seed=-1"),
+    ("task.sampling.temperature=-1", "task.sampling.temperature=-1.0"),
+    ("task.sampling.top_k=-1", "task.sampling.top_k=-1"),
+    ("task.sampling.top_k=100", "task.sampling.top_k=100"),       # more than the 22-token vocabulary
+    ("task.sampling.top_p=0", "task.sampling.top_p=0.0"),
+    ("task.sampling.top_p=1.5", "task.sampling.top_p=1.5"),
+    ("task.sampling.min_new_tokens=10", "task.sampling.min_new_tokens=10"),   # above max_new_tokens=9
+    ("task.sampling.max_new_tokens=0", "task.sampling.max_new_tokens=0"),
+    ("task.pretrain_steps=-1", "task.pretrain_steps=-1"),
+    ("task.pretrain_lr=0", "task.pretrain_lr=0.0"),
+    ("task.pretrain_batch_size=0", "task.pretrain_batch_size=0"),
+    ("model.norm_epsilon=0", "model.norm_epsilon=0.0"),
+    ("model.init_method_std=0", "model.init_method_std=0.0"),
+    ("model.rotary_base=0", "model.rotary_base=0.0"),
+    ("model.rope_scaling_factor=0", "model.rope_scaling_factor=0.0"),
+    ("model.kv_channels=0", "model.kv_channels=0"),
+    ("model.ffn_hidden_size=0", "model.ffn_hidden_size=0"),
+    ("model.vocab_size=0", "model.vocab_size=0"),
+    ("checkpoint.save_every=-1", "checkpoint.save_every=-1"),
+    ("checkpoint.keep_last=0", "checkpoint.keep_last=0"),
+    ("logging.num_samples=-1", "logging.num_samples=-1"),
+    ("cluster.nodes=0", "cluster.nodes=0"),
+    ("cluster.gpu_memory_gib=0", "cluster.gpu_memory_gib=0.0"),
+    ("cluster.reserved_memory_gib=80", "cluster.reserved_memory_gib=80.0"),   # all of gpu_memory_gib
+    ("cluster.master_port=70000", "cluster.master_port=70000"),
+    ("cluster.cpus_per_task=0", "cluster.cpus_per_task=0"),
+]
+
+
+@pytest.mark.parametrize("override,fragment", BAD_NUMBERS)
+def test_number_out_of_range_is_named(override, fragment):
+    message = _bad(["algorithm=ppo", "task=randomwalks", override], 1)
+    line = next((line for line in message.splitlines() if fragment in line), None)
+    assert line is not None, f"{fragment!r} missing from:\n{message}"
+    assert "use " in line, f"no fix in {line!r}"
+
+
+def _numeric_fields(schema, prefix=""):
+    """Dotted names and types of every int/float field (optional or not) under ``schema``."""
+    import dataclasses
+    import typing
+
+    for f in dataclasses.fields(schema):
+        kind = typing.get_type_hints(schema)[f.name]
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        kind = args[0] if typing.get_origin(kind) is typing.Union and len(args) == 1 else kind
+        if dataclasses.is_dataclass(kind):
+            yield from _numeric_fields(kind, f"{prefix}{f.name}.")
+        elif kind in (int, float):
+            yield f"{prefix}{f.name}", kind
+
+
+def test_every_numeric_field_has_a_range():
+    """No numeric field is left unchecked: a huge negative number (and NaN for floats) in any
+    of them is rejected with the field named."""
+    from autorlhf_nemo.config.schema import RootConfig
+
+    base = to_container(compose_config(["algorithm=ppo", "task=randomwalks"]))
+    fields = list(_numeric_fields(RootConfig))
+    assert len(fields) > 60 and ("algorithm.kl_horizon", int) in fields and ("task.sampling.top_p", float) in fields
+    for name, kind in fields:
+        for bad in ([-10**9] if kind is int else [-1e9, float("nan")]):
+            values = copy.deepcopy(base)
+            *path, key = name.split(".")
+            section = values
+            for part in path:
+                section = section[part]
+            section[key] = bad
+            with pytest.raises(ConfigError) as info:
+                validate_config(values, world_size=1)
+            assert f"{name}={bad}" in str(info.value), str(info.value)
+
+
+def test_range_problems_are_reported_together_with_layout_problems():
+    message = _bad(["algorithm=ppo", "task=randomwalks", "train.lr=-1", "algorithm.kl_horizon=0",
+                    "parallel.tensor_model_parallel_size=3"], 3)
+    for fragment in ("train.lr=-1.0", "algorithm.kl_horizon=0", "tensor_model_parallel_size=3"):
+        assert fragment in message, message
+
+
+def test_cli_rejects_a_bad_number_before_any_model_work():
+    """Exit 2 with the field named, no traceback, and megatron/torch never imported (-X importtime
+    lists every module the process loaded)."""
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "autorlhf_nemo", "algorithm=ppo",
+                          "task=randomwalks", "train.lr=-1"], capture_output=True, text=True, cwd=REPO,
+                         env=cli_env(), timeout=300)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "train.lr=-1.0 is out of range: use a value > 0" in out.stderr
+    assert "Traceback" not in out.stdout + out.stderr
+    imported = {line.rsplit("|", 1)[1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")}
+    assert "hydra" in imported and not {"torch", "megatron.core"} & imported
+
+
+def test_context_parallelism_is_rejected_until_implemented():
+    message = _bad(["model=llama3_70b", "parallel=tp8_pp4", "parallel.context_parallel_size=2",
+                    "train.seq_length=4096"], 64)
+    assert "parallel.context_parallel_size=2: context parallelism is not implemented yet; use 1" in message
+
+
+@pytest.mark.parametrize("world, minibatches", [(2, 2), (4, 1)])
+def test_randomwalks_pretraining_validates_at_dp(world, minibatches):
+    validate_config(compose_config(["algorithm=ppo", "task=randomwalks", f"algorithm.minibatches={minibatches}"]),
+                    world_size=world)
+
+
+README_API_OVERRIDES = ["model=smollm2_135m", "train.total_steps=20", "task.chat_template=true"]
+
+
+def _api_config(monkeypatch, overrides):
+    """The config autorlhf_nemo.train(overrides, reward_fn=..., prompts=...) runs (run_rl stubbed)."""
+    import autorlhf_nemo
+    from autorlhf_nemo import jobs
+
+    monkeypatch.setattr(jobs, "run_rl", lambda cfg, **kwargs: cfg)
+    return autorlhf_nemo.train(overrides, reward_fn=lambda samples, **_: [0.0] * len(samples), prompts=["Hi."])
+
+
+def test_python_api_custom_task_has_cheap_defaults(monkeypatch):
+    """The README's API example gets conf/task/custom.yaml: sentiment's per-step cost, the user's model."""
+    values = to_container(_api_config(monkeypatch, README_API_OVERRIDES))
+    assert values["task"]["name"] == "custom" and values["model"]["name"] == "smollm2_135m"
+    assert values["task"]["chat_template"] and values["train"]["total_steps"] == 20
+    a = values["algorithm"]
+    assert (values["train"]["micro_batch_size"], a["rollouts_per_step"], a["ppo_epochs"], a["minibatches"],
+            a["num_layers_unfrozen"], values["task"]["sampling"]["max_new_tokens"]) == (8, 16, 1, 1, 8, 32)
+    validate_config(values, world_size=1)
+    assert to_container(_api_config(monkeypatch, []))["model"]["name"] == "tiny_llama"   # the root default
+
+
+def test_python_api_with_a_recipe_keeps_the_recipe(monkeypatch):
+    values = to_container(_api_config(monkeypatch, ["recipe=llama3_8b_ppo", "model.hf_checkpoint=/models/x"]))
+    a = values["algorithm"]
+    assert values["task"]["name"] == "custom" and values["model"]["name"] == "llama3_8b"
+    assert (values["train"]["micro_batch_size"], a["rollouts_per_step"], a["num_layers_unfrozen"]) == (4, 256, -1)

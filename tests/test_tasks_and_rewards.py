@@ -1,4 +1,4 @@
-"""The randomwalks task and the reward-function protocol (single process)."""
+"""The randomwalks and custom tasks, the run report, and the reward-function protocol (single process)."""
 
 from __future__ import annotations
 
@@ -65,3 +65,33 @@ def test_reward_function_exception_names_the_offending_sample():
 
     with pytest.raises(RewardFunctionError, match="ZeroDivisionError.*sample 1: 'p-abc'"):
         score(fn, ["p-ab", "p-abc"], ["p-", "p-"], ["ab", "abc"])
+
+
+def _custom_task(eval_prompts=None):
+    from autorlhf_nemo.config.compose import compose_config
+    from autorlhf_nemo.tasks import build_task
+
+    cfg = compose_config(["algorithm=ppo", "task=custom", "model=smollm2_135m", "task.num_eval_prompts=2"])
+    return build_task(cfg, prompts=["p0", "p1", "p2"], reward_fn=lambda samples, **_: [0.0] * len(samples),
+                      eval_prompts=eval_prompts)
+
+
+def test_custom_task_without_eval_prompts_says_it_evaluates_on_training_prompts():
+    task = _custom_task()
+    assert task.eval_prompts == ["p0", "p1"]                 # the first task.num_eval_prompts
+    assert task.eval_set == "first 2 training prompts; no eval_prompts given"
+    held_out = _custom_task(eval_prompts=["e0", "e1", "e2"])
+    assert held_out.eval_prompts == ["e0", "e1", "e2"] and held_out.eval_set is None
+
+
+def test_report_names_the_evaluation_prompts():
+    from autorlhf_nemo.jobs import report
+
+    values = {"algorithm": {"name": "ppo"}, "task": {"name": "custom"},
+              "train": {"total_steps": 2}, "run_dir": "runs/x"}
+    summary = {"before": {"reward": 0.25, "samples": []}, "after": {"reward": 0.5, "samples": []},
+               "history": [{"step": 1, "time/step": 3.0}], "wall_seconds": 60.0,
+               "eval_prompts": "first 2 training prompts; no eval_prompts given"}
+    lines = report(summary, values).splitlines()
+    assert "eval reward (first 2 training prompts; no eval_prompts given) before: 0.250" in lines
+    assert "eval reward (first 2 training prompts; no eval_prompts given) after:  0.500  (change +0.250)" in lines

@@ -52,6 +52,7 @@ class ParallelConfig:
 
     tensor_model_parallel_size: int = 1
     pipeline_model_parallel_size: int = 1
+    # Context parallelism is not implemented yet: validation accepts only 1 (the planner counts with it).
     context_parallel_size: int = 1
     # Split activations along the sequence in the non-TP regions; needs TP > 1.
     sequence_parallel: bool = False
@@ -153,9 +154,12 @@ class TaskConfig:
     num_eval_prompts: int = 64
     # Wrap prompts in the tokenizer's chat template (instruct models).
     chat_template: bool = False
-    # randomwalks: steps of next-token pretraining on the walks before RL.
+    # randomwalks: steps of next-token pretraining on the walks before RL, walks per step
+    # (over all data-parallel ranks; each rank's share is cut into train.micro_batch_size
+    # micro-batches where that divides it, else taken as one).
     pretrain_steps: int = 0
     pretrain_lr: float = 3.0e-3
+    pretrain_batch_size: int = 96
 
 
 @dataclass

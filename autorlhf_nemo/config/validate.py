@@ -1,12 +1,15 @@
 """Layout and config validation, run before any process group starts.
 
-Every problem found is reported at once, each naming the offending fields and
-a fix, so a job that would fail minutes into a cluster allocation fails here.
+Every numeric field has a range (NaN and infinities are out of every range),
+then come the layout and batch rules. Every problem found is reported at once,
+each naming the offending fields and a fix, so a job that would fail minutes
+into a cluster allocation fails here.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import typing
 from typing import Any, Mapping, Optional
@@ -34,6 +37,152 @@ class ConfigError(ValueError):
 
 def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Range:
+    """The valid values of a numeric field: ``low``..``high``, each end open or closed."""
+
+    low: float
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+    nullable: bool = False
+    note: str = ""
+
+    def holds(self, value: Any) -> bool:
+        if value is None:
+            return self.nullable
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return False  # NaN and infinities too
+        above = self.low < value if self.low_open else self.low <= value
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+    def __str__(self) -> str:
+        low, high = (str(b) if isinstance(b, int) else f"{b:g}" for b in (self.low, self.high))
+        if self.high == math.inf:
+            text = f"{'>' if self.low_open else '>='} {low}"
+        else:
+            text = f"in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
+        return text + (", or null" if self.nullable else "") + (f" ({self.note})" if self.note else "")
+
+
+def _at_least(low: float, **kwargs) -> _Range:
+    return _Range(low, **kwargs)
+
+
+def _above(low: float, **kwargs) -> _Range:
+    return _Range(low, low_open=True, **kwargs)
+
+
+def _numeric_ranges(values: dict) -> dict[str, _Range]:
+    """The valid range of every numeric field of the schema, by dotted name. A bound taken
+    from another field applies once that field is valid itself."""
+    def bound(name: str) -> float:
+        """Another (positive) field as a bound; no bound while that field is invalid itself."""
+        value = _lookup(values, name)
+        return value if _above(0).holds(value) else math.inf
+
+    lr, max_new, vocab = bound("train.lr"), bound("task.sampling.max_new_tokens"), bound("model.vocab_size")
+    gpu_memory = bound("cluster.gpu_memory_gib")
+    ranges = {
+        "model.num_layers": _at_least(1),
+        "model.hidden_size": _at_least(1),
+        "model.ffn_hidden_size": _at_least(1),
+        "model.num_attention_heads": _at_least(1),
+        "model.num_query_groups": _at_least(1),
+        "model.vocab_size": _at_least(1),
+        "model.kv_channels": _at_least(1, nullable=True, note="null: hidden_size / num_attention_heads"),
+        "model.max_position_embeddings": _at_least(1),
+        "model.rotary_base": _above(0),
+        "model.rope_scaling_factor": _above(0, nullable=True, note="null: no RoPE scaling"),
+        "model.norm_epsilon": _above(0),
+        "model.make_vocab_size_divisible_by": _at_least(1),
+        "model.init_method_std": _above(0),
+        "parallel.tensor_model_parallel_size": _at_least(1),
+        "parallel.pipeline_model_parallel_size": _at_least(1),
+        "parallel.context_parallel_size": _at_least(1),
+        "parallel.world_size": _at_least(1, nullable=True, note="null: the launcher's WORLD_SIZE"),
+        "parallel.timeout_minutes": _at_least(1),
+        "train.seed": _Range(0, 2**32 - 1, note="numpy's seed range"),
+        "train.micro_batch_size": _at_least(1),
+        "train.global_batch_size": _at_least(1),
+        "train.seq_length": _at_least(1),
+        "train.lr": _above(0),
+        "train.min_lr": _Range(0, lr, note="at most train.lr"),
+        "train.weight_decay": _at_least(0),
+        "train.adam_beta1": _Range(0, 1, high_open=True),
+        "train.adam_beta2": _Range(0, 1, high_open=True),
+        "train.adam_eps": _above(0),
+        "train.clip_grad": _at_least(0, note="0: no clipping"),
+        "train.lr_warmup_steps": _at_least(0),
+        "train.lr_decay_steps": _at_least(1, nullable=True, note="null: the run's last step"),
+        "train.total_steps": _at_least(1),
+        "train.eval_every": _at_least(0, note="0: first and last step only"),
+        "task.sampling.max_new_tokens": _at_least(1),
+        "task.sampling.min_new_tokens": _Range(0, max_new, note="at most task.sampling.max_new_tokens"),
+        "task.sampling.temperature": _at_least(0, note="0: greedy"),
+        "task.sampling.top_k": _Range(0, vocab, note="0: off; at most model.vocab_size"),
+        "task.sampling.top_p": _Range(0, 1, low_open=True, note="1: off"),
+        "task.num_eval_prompts": _at_least(1),
+        "task.pretrain_steps": _at_least(0),
+        "task.pretrain_lr": _above(0),
+        "task.pretrain_batch_size": _at_least(1),
+        "checkpoint.save_every": _at_least(0, note="0: at the end only"),
+        "checkpoint.keep_last": _at_least(1),
+        "logging.num_samples": _at_least(0),
+        "cluster.nodes": _at_least(1),
+        "cluster.gpus_per_node": _at_least(1),
+        "cluster.gpu_memory_gib": _above(0),
+        "cluster.reserved_memory_gib": _Range(0, gpu_memory, high_open=True, note="below cluster.gpu_memory_gib"),
+        "cluster.cpus_per_task": _at_least(1, nullable=True, note="null: the cluster's default"),
+        "cluster.master_port": _Range(1, 65535),
+    }
+    if values["algorithm"] is not None:
+        ranges.update({
+            "algorithm.rollouts_per_step": _at_least(1),
+            "algorithm.ppo_epochs": _at_least(1),
+            "algorithm.minibatches": _at_least(1),
+            "algorithm.init_kl_coef": _at_least(0),
+            "algorithm.target_kl": _above(0, nullable=True, note="null for a fixed KL coefficient"),
+            "algorithm.kl_horizon": _at_least(1),
+            "algorithm.gamma": _Range(0, 1),
+            "algorithm.lam": _Range(0, 1),
+            "algorithm.clip_ratio": _above(0),
+            "algorithm.clip_value": _above(0),
+            "algorithm.vf_coef": _at_least(0),
+            "algorithm.entropy_coef": _at_least(0),
+            "algorithm.clip_reward": _above(0, nullable=True, note="null: no clipping"),
+            "algorithm.value_head_seed": _at_least(0),
+            # num_layers_unfrozen (-1 or >= 1) is checked with the other algorithm rules.
+        })
+    return ranges
+
+
+# Fields the layout and batch rules divide by or compare: when one is out of range, those
+# rules cannot run, so validation stops at the range problems.
+_LAYOUT_INPUTS = {
+    "model.num_layers", "model.hidden_size", "model.ffn_hidden_size", "model.num_attention_heads",
+    "model.num_query_groups", "model.vocab_size", "model.make_vocab_size_divisible_by",
+    "model.max_position_embeddings", "parallel.tensor_model_parallel_size",
+    "parallel.pipeline_model_parallel_size", "parallel.context_parallel_size", "parallel.world_size",
+    "train.micro_batch_size", "train.global_batch_size", "train.seq_length", "train.total_steps",
+    "train.lr_warmup_steps", "train.lr_decay_steps", "algorithm.rollouts_per_step", "algorithm.ppo_epochs",
+    "algorithm.minibatches", "task.pretrain_steps", "task.pretrain_batch_size",
+}
+
+
+def _lookup(values: dict, name: str) -> Any:
+    for key in name.split("."):
+        values = values[key]
+    return values
+
+
+def _range_problems(values: dict) -> dict[str, str]:
+    """{dotted name: problem} for every numeric field outside its range (NaN included)."""
+    return {name: f"{name}={_lookup(values, name)} is out of range: use a value {rng}"
+            for name, rng in _numeric_ranges(values).items() if not rng.holds(_lookup(values, name))}
 
 
 def _unknown_keys(schema: type, values: Mapping[str, Any], prefix: str = "") -> list[str]:
@@ -81,16 +230,9 @@ def validate_config(cfg: DictConfig | Mapping[str, Any], world_size: Optional[in
     tp, pp, cp = (p["tensor_model_parallel_size"], p["pipeline_model_parallel_size"],
                   p["context_parallel_size"])
 
-    for section, name in [("parallel", "tensor_model_parallel_size"),
-                          ("parallel", "pipeline_model_parallel_size"),
-                          ("parallel", "context_parallel_size"),
-                          ("model", "num_layers"), ("model", "hidden_size"),
-                          ("model", "num_attention_heads"), ("model", "num_query_groups"),
-                          ("train", "micro_batch_size"), ("train", "global_batch_size"),
-                          ("train", "seq_length")]:
-        if values[section][name] < 1:
-            problems.append(f"{section}.{name}={values[section][name]} must be >= 1")
-    if problems:
+    out_of_range = _range_problems(values)
+    problems = list(out_of_range.values())
+    if _LAYOUT_INPUTS & out_of_range.keys():
         raise ConfigError(problems)
 
     heads, groups = m["num_attention_heads"], m["num_query_groups"]
@@ -117,8 +259,8 @@ def validate_config(cfg: DictConfig | Mapping[str, Any], world_size: Optional[in
             f"model.ffn_hidden_size={m['ffn_hidden_size']}: use a TP size in "
             f"{_divisors(m['ffn_hidden_size'])}")
     divisible_by = m["make_vocab_size_divisible_by"]
-    padded_vocab = -(-m["vocab_size"] // divisible_by) * divisible_by if divisible_by > 0 else 0
-    if divisible_by < 1 or padded_vocab % tp:
+    padded_vocab = -(-m["vocab_size"] // divisible_by) * divisible_by
+    if padded_vocab % tp:
         problems.append(
             f"model.make_vocab_size_divisible_by={divisible_by} pads the vocabulary to "
             f"{padded_vocab}, which parallel.tensor_model_parallel_size={tp} does not divide: "
@@ -135,10 +277,8 @@ def validate_config(cfg: DictConfig | Mapping[str, Any], world_size: Optional[in
         problems.append(
             "parallel.sequence_parallel=true needs parallel.tensor_model_parallel_size > 1: "
             "set sequence_parallel=false or raise TP")
-    if cp > 1 and t["seq_length"] % (2 * cp):
-        problems.append(
-            f"train.seq_length={t['seq_length']} must be divisible by 2 x "
-            f"parallel.context_parallel_size={cp} (load-balanced context parallelism)")
+    if cp > 1:
+        problems.append(f"parallel.context_parallel_size={cp}: context parallelism is not implemented yet; use 1")
     if t["seq_length"] > m["max_position_embeddings"]:
         problems.append(
             f"train.seq_length={t['seq_length']} exceeds model.max_position_embeddings="
@@ -187,6 +327,11 @@ def validate_config(cfg: DictConfig | Mapping[str, Any], world_size: Optional[in
                     f"train.micro_batch_size x data-parallel size x algorithm.minibatches = "
                     f"{t['micro_batch_size']} x {dp} x {a['minibatches']} = {rollout_step}: use a "
                     f"multiple of {rollout_step}")
+            pretrain_batch = values["task"]["pretrain_batch_size"]
+            if _pretrains(values) and pretrain_batch % dp:
+                problems.append(
+                    f"task.pretrain_batch_size={pretrain_batch} is not divisible by the data-parallel size "
+                    f"{dp}: use a multiple of {dp} (e.g. {pretrain_batch - pretrain_batch % dp or dp})")
             if not a and t["global_batch_size"] % step:
                 problems.append(
                     f"train.global_batch_size={t['global_batch_size']} is not divisible by "
@@ -197,24 +342,11 @@ def validate_config(cfg: DictConfig | Mapping[str, Any], world_size: Optional[in
 
 
 def _algorithm_problems(values: dict) -> list[str]:
-    """Rules of an RL run (algorithm, task, checkpoint sections)."""
+    """Rules of an RL run (algorithm, task sections) beyond the numeric ranges."""
     a, t, task, m = values["algorithm"], values["train"], values["task"], values["model"]
     problems = []
     if a["name"] != "ppo":
         problems.append(f"algorithm.name={a['name']!r} is not available yet: use algorithm=ppo")
-    for name in ("rollouts_per_step", "ppo_epochs", "minibatches"):
-        if a[name] < 1:
-            problems.append(f"algorithm.{name}={a[name]} must be >= 1")
-    if t["total_steps"] < 1:
-        problems.append(f"train.total_steps={t['total_steps']} must be >= 1")
-    if not 0 <= a["gamma"] <= 1 or not 0 <= a["lam"] <= 1:
-        problems.append(f"algorithm.gamma={a['gamma']} and algorithm.lam={a['lam']} must lie in [0, 1]")
-    if a["clip_ratio"] <= 0 or a["clip_value"] <= 0:
-        problems.append("algorithm.clip_ratio and algorithm.clip_value must be > 0")
-    if a["init_kl_coef"] < 0:
-        problems.append(f"algorithm.init_kl_coef={a['init_kl_coef']} must be >= 0")
-    if a["target_kl"] is not None and a["target_kl"] <= 0:
-        problems.append(f"algorithm.target_kl={a['target_kl']} must be > 0 (or null for a fixed KL coefficient)")
     if a["scale_reward"] not in (None, "running"):
         problems.append(f"algorithm.scale_reward={a['scale_reward']!r}: use null or 'running'")
     if a["num_layers_unfrozen"] < -1 or a["num_layers_unfrozen"] == 0:
@@ -222,10 +354,17 @@ def _algorithm_problems(values: dict) -> list[str]:
                         f"layers) or 1..{m['num_layers']} (train the top layers, share the frozen trunk)")
     if task["name"] not in _TASKS:
         problems.append(f"task.name={task['name']!r}: use one of {_TASKS} (task=randomwalks, task=sentiment)")
-    if task["sampling"]["max_new_tokens"] < 1:
-        problems.append(f"task.sampling.max_new_tokens={task['sampling']['max_new_tokens']} must be >= 1")
-    if task["num_eval_prompts"] < 1:
-        problems.append(f"task.num_eval_prompts={task['num_eval_prompts']} must be >= 1")
-    if values["checkpoint"]["keep_last"] < 1:
-        problems.append(f"checkpoint.keep_last={values['checkpoint']['keep_last']} must be >= 1")
+    decay_steps = t["lr_decay_steps"] or t["total_steps"] * a["ppo_epochs"] * a["minibatches"]
+    if t["lr_warmup_steps"] >= decay_steps:  # Megatron's scheduler asserts warm-up < decay
+        decay = (f"train.lr_decay_steps={decay_steps}" if t["lr_decay_steps"] else
+                 f"the run's {decay_steps} optimizer steps (total_steps x ppo_epochs x minibatches)")
+        problems.append(f"train.lr_warmup_steps={t['lr_warmup_steps']} must be below {decay}: shorten the "
+                        f"warm-up or lengthen the decay")
     return problems
+
+
+def _pretrains(values: dict) -> bool:
+    """Whether the run pretrains the randomwalks policy (tasks.py) before RL."""
+    task = values["task"]
+    return (values["algorithm"] is not None and task["name"] == "randomwalks" and task["pretrain_steps"] > 0
+            and not values["model"]["hf_checkpoint"])

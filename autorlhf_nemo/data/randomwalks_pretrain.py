@@ -31,14 +31,26 @@ def walk_tokens(task: RandomWalks) -> tuple[torch.Tensor, torch.Tensor]:
     return tokens, mask
 
 
+def pretrain_micro_batch_size(batch_size: int, dp_size: int, micro_batch_size: int) -> int:
+    """Each data-parallel rank's share of ``batch_size`` walks goes in micro-batches of
+    ``micro_batch_size`` where that divides it, else in one micro-batch: the loss is
+    per-token, so the split changes memory only, not the update."""
+    if batch_size % dp_size:
+        raise ValueError(f"task.pretrain_batch_size={batch_size} is not divisible by the data-parallel size "
+                         f"{dp_size}: use a multiple of {dp_size}")
+    share = batch_size // dp_size
+    return micro_batch_size if share % micro_batch_size == 0 else share
+
+
 def pretrain(cfg, runtime, task: RandomWalks, steps: int, batch_size: int, log_every: int = 0,
              lr: float | None = None):
-    """Train a fresh ``cfg.model`` on ``task.walks`` (learning rate ``lr`` or
-    ``cfg.train.lr``); returns (DDP model, [loss per step])."""
+    """Train a fresh ``cfg.model`` on ``task.walks``, ``batch_size`` walks per step over all
+    data-parallel ranks (learning rate ``lr`` or ``cfg.train.lr``); returns (DDP model, [loss per step])."""
     values = to_container(cfg)
     if lr is not None:
         cfg = OmegaConf.merge(cfg, {"train": {"lr": lr}})
-    vocab, micro_size = values["model"]["vocab_size"], values["train"]["micro_batch_size"]
+    vocab = values["model"]["vocab_size"]
+    micro_size = pretrain_micro_batch_size(batch_size, runtime.dp_size, values["train"]["micro_batch_size"])
     model = wrap_for_training(build_model(cfg), cfg)
     optimizer = build_optimizer(model, cfg)
     tokens, mask = walk_tokens(task)
