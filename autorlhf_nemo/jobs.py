@@ -52,18 +52,23 @@ def run_job(cfg) -> None:
 def run_rl(cfg, prompts=None, reward_fn=None, eval_prompts=None) -> dict:
     """An RL run at the layout of ``cfg``: build the task and the algorithm's model,
     train (resuming from the newest complete checkpoint), export, report.
-    Returns the trainer's summary (before/after evaluation, per-step history)."""
+    Returns the trainer's summary (before/after evaluation, per-step history).
+
+    A checkpoint save that failed (``run_checkpoint.CheckpointSaveError``) does not lose
+    the training: the run goes on, exports the policy, writes the summary (its
+    ``checkpoint_error``), and then raises that error."""
     import json
     import time
     from pathlib import Path
+
+    start = time.perf_counter()
+    validate_config(cfg)  # before the task loads a tokenizer or anything starts
 
     import torch.distributed as dist
 
     from autorlhf_nemo.parallel.runtime import initialize, shutdown
     from autorlhf_nemo.tasks import build_task
 
-    start = time.perf_counter()
-    validate_config(cfg)  # before the task loads a tokenizer or anything starts
     task = build_task(cfg, prompts=prompts, reward_fn=reward_fn, eval_prompts=eval_prompts)
     runtime = initialize(cfg)
     from autorlhf_nemo.algorithms.ppo.model import PPOModel
@@ -71,7 +76,8 @@ def run_rl(cfg, prompts=None, reward_fn=None, eval_prompts=None) -> dict:
 
     values = to_container(cfg)
     model = PPOModel(cfg, runtime, task.init_weights)
-    summary = PPOTrainer(model, task, cfg).fit()
+    trainer = PPOTrainer(model, task, cfg)
+    summary = trainer.fit()
     run_dir = Path(values["run_dir"])
     if values["checkpoint"]["export_hf"]:
         from autorlhf_nemo.convert import resolve_hf_checkpoint
@@ -81,22 +87,28 @@ def run_rl(cfg, prompts=None, reward_fn=None, eval_prompts=None) -> dict:
         export_hf_checkpoint(model.policy.module.gpt, values["model"], run_dir / "hf_export",
                              tokenizer_dir=resolve_hf_checkpoint(source) if source else None)
     summary["wall_seconds"] = time.perf_counter() - start
+    summary["eval_prompts"] = task.eval_set  # null: the task's held-out prompts
+    summary["checkpoint_error"] = str(trainer.save_error) if trainer.save_error else None
     if runtime.rank == 0:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         print(report(summary, values), flush=True)
     dist.barrier()
     shutdown()
+    if trainer.save_error is not None:
+        raise trainer.save_error
     return summary
 
 
 def report(summary: dict, values: dict) -> str:
-    """Reward before and after, final KL, and a few before/after samples."""
+    """Reward before and after (naming the evaluation prompts when they are not held out),
+    final KL, and a few before/after samples."""
     lines = [f"== {values['algorithm']['name']} on {values['task']['name']}: "
              f"{values['train']['total_steps']} steps, run dir {values['run_dir']}"]
     before, after = summary["before"], summary["after"]
+    label = f"eval reward ({summary['eval_prompts']})" if summary["eval_prompts"] else "eval reward"
     if before:
-        lines.append(f"eval reward before: {before['reward']:.3f}")
-    lines.append(f"eval reward after:  {after['reward']:.3f}"
+        lines.append(f"{label} before: {before['reward']:.3f}")
+    lines.append(f"{label} after:  {after['reward']:.3f}"
                  + (f"  (change {after['reward'] - before['reward']:+.3f})" if before else ""))
     steps = [h for h in summary["history"] if "time/step" in h]
     if steps:

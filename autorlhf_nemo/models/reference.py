@@ -43,7 +43,19 @@ def freeze_trunk(policy_gpt, num_layers_unfrozen: int) -> int:
             frozen += 1
     if policy_gpt.share_embeddings_and_output_weights and policy_gpt.post_process:
         policy_gpt.shared_embedding_or_output_weight().requires_grad_(False)  # tied to the frozen embedding
+    if policy_gpt.pre_process and policy_gpt.config.recompute_granularity == "full":
+        policy_gpt.decoder.register_forward_pre_hook(_input_requires_grad, with_kwargs=True)
     return frozen
+
+
+def _input_requires_grad(decoder, args, kwargs):
+    """Megatron's recomputed layers (train.recompute=full) run in a reentrant checkpoint, which
+    gives its output a gradient only if an input needs one; above a frozen embedding (or the
+    cached trunk's output) nothing would: the trained layers would get no gradient at all."""
+    hidden = kwargs.get("hidden_states")
+    if torch.is_grad_enabled() and hidden is not None and not hidden.requires_grad:
+        kwargs["hidden_states"] = hidden.detach().requires_grad_()
+    return args, kwargs
 
 
 class ReferenceModel(torch.nn.Module):
