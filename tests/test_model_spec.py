@@ -77,6 +77,9 @@ def test_fusion_flags_follow_the_kernels(monkeypatch):
     monkeypatch.setattr(gpt, "_importable", lambda module: False)
     assert not any(gpt.fusion_flags(use_te=False).values())    # a GPU without TE, apex or triton
     monkeypatch.setattr(gpt, "_importable", lambda module: True)
+    monkeypatch.setattr(gpt, "_c_toolchain", lambda: False)     # triton without a compiler to build with
+    assert not gpt.fusion_flags(use_te=True)["bias_activation_fusion"]
+    monkeypatch.setattr(gpt, "_c_toolchain", lambda: True)
     assert gpt.fusion_flags(use_te=True) == {
         "bias_activation_fusion": True, "masked_softmax_fusion": True, "apply_rope_fusion": True,
         "gradient_accumulation_fusion": True, "persist_layer_norm": False}

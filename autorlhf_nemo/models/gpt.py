@@ -13,9 +13,12 @@ Fusion flags are on only where their kernels exist (:func:`fusion_flags`).
 
 from __future__ import annotations
 
-from typing import Any, Mapping
-
 import importlib.util
+import os
+import shutil
+import sysconfig
+from pathlib import Path
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -53,10 +56,18 @@ def _importable(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+def _c_toolchain() -> bool:
+    """A C compiler and the Python headers: triton builds its kernel launcher with them."""
+    compiler = os.environ.get("CC") or "cc"
+    headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
+    return shutil.which(compiler) is not None and headers.is_file()
+
+
 def fusion_flags(use_te: bool) -> dict[str, bool]:
     """TransformerConfig's fusion flags, each on only where its kernel exists (off on CPU):
 
-        bias_activation_fusion        Megatron's fused SwiGLU, compiled by torch.compile: CUDA + triton
+        bias_activation_fusion        Megatron's fused SwiGLU, compiled by torch.compile: CUDA, triton,
+                                      and the C compiler and Python headers triton builds with
         masked_softmax_fusion         apex's fused masked softmax kernels (local spec attention)
         apply_rope_fusion             Transformer Engine's fused rotary embedding
         gradient_accumulation_fusion  apex's fused weight-gradient accumulation into main_grad; Megatron's
@@ -65,7 +76,7 @@ def fusion_flags(use_te: bool) -> dict[str, bool]:
     """
     cuda = torch.cuda.is_available()
     return {
-        "bias_activation_fusion": cuda and _importable("triton"),
+        "bias_activation_fusion": cuda and _importable("triton") and _c_toolchain(),
         "masked_softmax_fusion": cuda and _importable("scaled_masked_softmax_cuda")
         and _importable("scaled_upper_triang_masked_softmax_cuda"),
         "apply_rope_fusion": cuda and use_te,

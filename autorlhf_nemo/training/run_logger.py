@@ -32,9 +32,13 @@ class RunLogger:
             self.history.append({"step": start_step, **{k: float(v) for k, v in restored_row.items()}})
         self.jsonl.write_text("".join(json.dumps(h) + "\n" for h in self.history))
         if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=start_step + 1)
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # an optional output, like the plot: the run goes on without it
+                print("tensorboard is not installed: no TensorBoard event files (pip install tensorboard, "
+                      "or logging.tensorboard=false)", file=sys.stderr)
+            else:
+                self.tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=start_step + 1)
         if wandb:
             try:
                 import wandb as wandb_module
