@@ -39,8 +39,7 @@ def run_job(cfg) -> None:
     dist.all_gather_object(counts, (runtime.rank, runtime.tp_rank, runtime.pp_rank, runtime.dp_rank,
                                     local, unique))
     if runtime.rank == 0:
-        print(f"layout: TP{runtime.tp_size} x PP{runtime.pp_size} x DP{runtime.dp_size} "
-              f"on {runtime.world_size} rank(s), backend {runtime.backend}, device {runtime.device}")
+        print(f"layout: {runtime.describe()}")
         for rank, tp, pp, dp, n, _ in counts:
             print(f"  rank {rank}: tp={tp} pp={pp} dp={dp} parameters={n:,}")
         replica = sum(u for _, _, _, dp, _, u in counts if dp == 0)
@@ -71,6 +70,8 @@ def run_rl(cfg, prompts=None, reward_fn=None, eval_prompts=None) -> dict:
 
     task = build_task(cfg, prompts=prompts, reward_fn=reward_fn, eval_prompts=eval_prompts)
     runtime = initialize(cfg)
+    if runtime.rank == 0:
+        print(f"runtime: {runtime.describe()}", flush=True)
     from autorlhf_nemo.algorithms.ppo.model import PPOModel
     from autorlhf_nemo.algorithms.ppo.trainer import PPOTrainer
 

@@ -67,10 +67,24 @@ def test_mixing_host_and_device_tensors_raises(virtual_gpu):
         device[torch.tensor([0, 1])] = torch.zeros(2)
 
 
-def test_generator_for_the_device_draws_on_the_host(virtual_gpu):
+def test_generators_draw_for_their_own_side(virtual_gpu):
     generator = torch.Generator(device="cuda").manual_seed(3)
-    draw = torch.rand(4, generator=generator, device=generator.device)
-    assert on_device(draw) is False and on_device(draw.to("cuda")) is True
+    assert generator.device == torch.device("cuda", 0)
+    assert on_device(torch.rand(4, generator=generator, device=generator.device)) is True
+    with pytest.raises(DeviceMismatchError, match="host tensor with a GPU generator"):
+        torch.rand(4, generator=generator)
+    with pytest.raises(DeviceMismatchError, match="GPU tensor with a CPU generator"):
+        torch.rand(4, generator=torch.Generator().manual_seed(3), device="cuda")
+
+
+def test_host_only_operations_refuse_device_tensors(virtual_gpu):
+    device = torch.zeros(4, device="cuda")
+    assert device.is_cuda and not device.is_cpu
+    with pytest.raises(DeviceMismatchError, match="to numpy"):
+        device.numpy()
+    assert device.cpu().numpy().tolist() == [0.0] * 4
+    device[1:3] = torch.ones(2)                 # basic slicing assigns by copy_, as on CUDA
+    assert device.tolist() == [0.0, 1.0, 1.0, 0.0]
 
 
 def _free_port() -> int:
@@ -110,6 +124,7 @@ def test_ppo_and_lm_steps_keep_device_discipline(tmp_path):
     proc = subprocess.run(cli_command(2, overrides), env=cli_env(virtual_gpu=True), capture_output=True,
                           text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    assert "device cuda:0 (virtual GPU: device-discipline check)" in proc.stdout   # the check was on
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2] and rows[1]["rollout/kl"] == 0.0
     assert (run_dir / "checkpoints" / "step_000002" / "COMPLETE").is_file()

@@ -233,6 +233,7 @@ def test_vocab_parallel_sampling_primitives(gens):
     for layout in ("tp1", "tp2", "tp2_pp2"):
         checks = _run(gens, layout)["sampling"]
         assert checks["top_p_match"] and checks["top_k_match"] and checks["argmax_match"], layout
+        assert checks["top_p_wide_match"], layout     # a nucleus of more than 64 tokens (rounds)
         assert checks["log_softmax_err"] < 1e-5
 
 
@@ -309,3 +310,40 @@ def test_empty_prompt_rejected():
 def test_left_padding():
     ids, mask = left_pad([[7, 8, 9], [5]], 0)
     assert ids.tolist() == [[7, 8, 9], [0, 0, 5]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+@pytest.mark.parametrize("text,stop", [
+    ("Hello world, and more words.", " world"),       # whole tokens
+    ("Hello world, and more words.", "lo wor"),       # across a token boundary, inside both tokens
+    ("The answer is 42.\n\nNext question", "\n\n"),
+    ("no stop string in here", "xyz"),
+])
+def test_stop_strings_fire_where_the_text_first_contains_them(text, stop):
+    """Batched stop-string check (transformers' StopStringCriteria) against decoding the
+    response at every step: it fires at the first step whose text contains the string."""
+    from transformers import AutoTokenizer
+
+    from autorlhf_nemo.convert.smollm2 import ensure_checkpoint
+    from autorlhf_nemo.generation.stopping import StopCriteria
+
+    tokenizer = AutoTokenizer.from_pretrained(ensure_checkpoint())
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    criteria = StopCriteria(SamplingParams(stop_strings=[stop]), tokenizer, torch.device("cpu"))
+    response = torch.tensor([ids])
+    fired = [bool(criteria(response, t)[1]) for t in range(len(ids))]
+    expected = [stop in tokenizer.decode(ids[:t + 1]) for t in range(len(ids))]
+    first = expected.index(True) if True in expected else None
+    assert (fired.index(True) if True in fired else None) == first, (fired, expected)
+
+
+def test_stop_criteria_eos_sequences_and_min_tokens():
+    from autorlhf_nemo.generation.stopping import StopCriteria
+
+    params = SamplingParams(eos_token_ids=[2], stop_token_sequences=[[7, 8]], min_new_tokens=2)
+    criteria = StopCriteria(params, None, torch.device("cpu"))
+    response = torch.tensor([[5, 2, 0], [7, 8, 0], [8, 7, 8], [1, 7, 2]])
+    assert not criteria.applies(0) and criteria.applies(1)           # min_new_tokens=2
+    eos, stop = criteria(response, 1)
+    assert eos.tolist() == [True, False, False, False] and stop.tolist() == [False, True, False, False]
+    eos, stop = criteria(response, 2)
+    assert eos.tolist() == [False, False, False, True] and stop.tolist() == [False, False, True, False]

@@ -81,6 +81,7 @@ def records(tmp_path_factory):
 
 @pytest.mark.parametrize("layout", [n for n in LAYOUTS if n != "tp1_adam"])
 def test_logits_match_transformers(records, layout):
+    assert records.layout(layout)["runtime"].endswith("device cuda:0 (virtual GPU: device-discipline check)")
     logits = records.layout(layout)["logits"]
     assert logits.shape == records.reference.shape
     assert (logits - records.reference).abs().max().item() <= 1e-4

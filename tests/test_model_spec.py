@@ -49,7 +49,7 @@ def test_attention_mask_formats():
         gpt.attention_mask(torch.tensor([[0, 1, 1]]), use_te=True)
 
 
-def test_ppo_rows_put_real_tokens_first():
+def test_ppo_rows_put_real_tokens_first(monkeypatch):
     """make_ppo_batch turns left-padded prompts into rows that read prompt, response,
     padding (what TE's padding mask needs), with per-token fields at their labels."""
     prompt_ids = torch.tensor([[0, 0, 7, 8], [5, 6, 7, 8]])
@@ -66,17 +66,20 @@ def test_ppo_rows_put_real_tokens_first():
     assert batch["old_logprobs"].tolist() == [[0, -1, -2, 0, 0, 0], [0, 0, 0, -3, -4, -5]]
     positions = response_positions(prompt_mask, 3)
     assert torch.equal(batch["labels"].gather(1, positions) * response_mask, response_ids)
-    real = batch["loss_mask"].bool() | (batch["position_ids"] == 0)
-    gpt.attention_mask(real.long(), use_te=True)               # accepted by TE's format: no error
+    # Where Transformer Engine is the spec, the same rows come with TE's mask, accepted as they are.
+    monkeypatch.setattr(gpt, "transformer_engine_available", lambda: True)
+    te = make_ppo_batch(prompt_ids, prompt_mask, response_ids, response_mask)["attention_mask"]
+    assert te.shape == (2, 1, 1, 6)
+    assert te[:, 0, 0].tolist() == [[False, False, False, False, True, True], [False] * 6]
 
 
 def test_fusion_flags_follow_the_kernels(monkeypatch):
     cpu = gpt.fusion_flags(use_te=False)
     assert not any(cpu.values())                                # this machine: CPU, nothing fused
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(gpt, "_importable", lambda module: False)
+    monkeypatch.setattr(gpt, "_imports", lambda module: False)
     assert not any(gpt.fusion_flags(use_te=False).values())    # a GPU without TE, apex or triton
-    monkeypatch.setattr(gpt, "_importable", lambda module: True)
+    monkeypatch.setattr(gpt, "_imports", lambda module: True)
     monkeypatch.setattr(gpt, "_c_toolchain", lambda: False)     # triton without a compiler to build with
     assert not gpt.fusion_flags(use_te=True)["bias_activation_fusion"]
     monkeypatch.setattr(gpt, "_c_toolchain", lambda: True)
@@ -85,7 +88,7 @@ def test_fusion_flags_follow_the_kernels(monkeypatch):
         "gradient_accumulation_fusion": True, "persist_layer_norm": False}
     assert not gpt.fusion_flags(use_te=False)["apply_rope_fusion"]   # TE's kernel, TE's spec
     available = {"fused_weight_gradient_mlp_cuda"}                 # apex's wgrad kernel only
-    monkeypatch.setattr(gpt, "_importable", lambda module: module in available)
+    monkeypatch.setattr(gpt, "_imports", lambda module: module in available)
     assert [k for k, on in gpt.fusion_flags(use_te=False).items() if on] == ["gradient_accumulation_fusion"]
 
 

@@ -112,9 +112,11 @@ def invariance_runs(pretrained_walker, tmp_path_factory):
     runs = {}
     for name, (nproc, layout) in LAYOUTS.items():
         run_dir = tmp_path_factory.mktemp(f"inv_{name}")
-        cli(nproc, [*RANDOMWALKS, *layout, f"run_dir={run_dir}", f"model.hf_checkpoint={pretrained_walker / 'hf'}",
-                    "train.total_steps=3", "train.micro_batch_size=16", "checkpoint.export_hf=false",
-                    "logging.tensorboard=false"], virtual_gpu=True)
+        proc = cli(nproc, [*RANDOMWALKS, *layout, f"run_dir={run_dir}",
+                           f"model.hf_checkpoint={pretrained_walker / 'hf'}", "train.total_steps=3",
+                           "train.micro_batch_size=16", "checkpoint.export_hf=false", "logging.tensorboard=false"],
+                   virtual_gpu=True)
+        assert "(virtual GPU: device-discipline check)" in proc.stdout, name
         runs[name] = metrics(run_dir)
     return runs
 

@@ -27,6 +27,7 @@ import json
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -120,7 +121,6 @@ def save(root: Path, step: int, model, state: dict, keep_last: int) -> Path:
             try:
                 torch.save(state, partial / "state.pt")
                 _seal(partial, final)
-                _prune(root, keep_last)
             except Exception as exc:
                 error = exc
         raise_if_any_rank_failed(error, partial)
@@ -133,6 +133,12 @@ def save(root: Path, step: int, model, state: dict, keep_last: int) -> Path:
         dist.broadcast_object_list(found, src=0)
         raise CheckpointSaveError(step, final, error.failures, previous=found[1], partial_left=found[0],
                                   free_bytes=found[2]) from error
+    if rank0:  # the checkpoint is complete: failing to delete older ones is only worth a warning
+        try:
+            _prune(root, keep_last)
+        except OSError as exc:
+            print(f"warning: could not delete checkpoints older than the last {keep_last} in {root}: {exc}",
+                  file=sys.stderr)
     return final
 
 

@@ -138,22 +138,26 @@ class VocabParallel:
         """Nucleus: keep the most probable tokens whose preceding mass is < top_p.
 
         Each rank contributes its C largest probabilities; if the nucleus could
-        reach past some rank's C-th candidate, C doubles (exact, usually one round).
+        reach past some rank's C-th candidate, C doubles (exact, usually one round;
+        deciding that asks the host one bool per round). Without TP the whole
+        vocabulary is sorted at once: exact, and no host round trip.
         """
         probs = self._softmax(logits)
-        candidates = 64
+        shard = logits.shape[-1]
+        candidates = 64 if self.world > 1 else shard
         while True:
-            c = min(candidates, logits.shape[-1])
+            c = min(candidates, shard)
             local_top = probs.topk(c, dim=-1).values                          # [b, c]
             merged = self._all_gather_cat(local_top).sort(dim=-1, descending=True).values
             before = merged.cumsum(-1) - merged                              # mass strictly before
             kept = before < top_p
             threshold = torch.where(kept, merged, torch.full_like(merged, float("inf"))).min(-1).values
-            # Exact if every rank's smallest contributed candidate is below the threshold
-            # (or the rank contributed its whole shard).
+            if c == shard:  # every rank contributed its whole shard: exact
+                return logits.masked_fill(probs < threshold[:, None], NEG_INF)
+            # Exact if every rank's smallest contributed candidate is below the threshold.
             smallest = self._all_gather_cat(local_top[:, -1:])               # [b, tp]
-            exhausted = (smallest >= threshold[:, None]).any() and c < logits.shape[-1]
-            if not bool(self._all_reduce(exhausted.to(torch.int32).view(1), dist.ReduceOp.MAX)):
+            exhausted = (smallest >= threshold[:, None]).any().to(torch.int32).view(1)
+            if not bool(self._all_reduce(exhausted, dist.ReduceOp.MAX)):
                 return logits.masked_fill(probs < threshold[:, None], NEG_INF)
             candidates *= 2
 

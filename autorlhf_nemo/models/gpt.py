@@ -52,8 +52,14 @@ def transformer_engine_available() -> bool:
     return True
 
 
-def _importable(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
+def _imports(module: str) -> bool:
+    """Whether ``module`` imports here (installed and loadable: a CUDA extension built for
+    another torch fails here, not in the middle of a training step)."""
+    try:
+        importlib.import_module(module)
+    except Exception:  # ImportError, or a broken build's OSError / RuntimeError
+        return False
+    return True
 
 
 def _c_toolchain() -> bool:
@@ -68,7 +74,7 @@ def fusion_flags(use_te: bool) -> dict[str, bool]:
 
         bias_activation_fusion        Megatron's fused SwiGLU, compiled by torch.compile: CUDA, triton,
                                       and the C compiler and Python headers triton builds with
-        masked_softmax_fusion         apex's fused masked softmax kernels (local spec attention)
+        masked_softmax_fusion         apex's fused (masked) softmax kernels (local spec attention)
         apply_rope_fusion             Transformer Engine's fused rotary embedding
         gradient_accumulation_fusion  apex's fused weight-gradient accumulation into main_grad; Megatron's
                                       local linear layers (the value head, the local spec) require it
@@ -76,11 +82,11 @@ def fusion_flags(use_te: bool) -> dict[str, bool]:
     """
     cuda = torch.cuda.is_available()
     return {
-        "bias_activation_fusion": cuda and _importable("triton") and _c_toolchain(),
-        "masked_softmax_fusion": cuda and _importable("scaled_masked_softmax_cuda")
-        and _importable("scaled_upper_triang_masked_softmax_cuda"),
+        "bias_activation_fusion": cuda and _imports("triton") and _c_toolchain(),
+        # padding_causal attention takes the masked kernel (the upper-triangular one is `causal`'s)
+        "masked_softmax_fusion": cuda and _imports("scaled_masked_softmax_cuda") and _imports("scaled_softmax_cuda"),
         "apply_rope_fusion": cuda and use_te,
-        "gradient_accumulation_fusion": cuda and _importable("fused_weight_gradient_mlp_cuda"),
+        "gradient_accumulation_fusion": cuda and _imports("fused_weight_gradient_mlp_cuda"),
         "persist_layer_norm": False,
     }
 
@@ -169,7 +175,10 @@ def attention_mask(padding_mask: torch.Tensor, use_te: bool | None = None) -> to
     Local spec: [b, 1, s, s], position i attends to real tokens j <= i (any padding).
     Transformer Engine: [b, 1, 1, s], True on padding; TE applies the causal part itself
     and its fused attention reads the mask as sequence lengths, so the real tokens of
-    each row must come first (right padding, as ``make_ppo_batch`` lays rows out)."""
+    each row must come first (right padding, as ``make_ppo_batch`` lays rows out).
+    ``use_te`` defaults to what ``build_model`` builds by default: pass the same value
+    to both when choosing a spec by hand (a local-spec model given TE's mask would
+    attend without the causal part)."""
     if use_te is None:
         use_te = transformer_engine_available()
     real = padding_mask.bool()

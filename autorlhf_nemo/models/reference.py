@@ -51,7 +51,10 @@ def freeze_trunk(policy_gpt, num_layers_unfrozen: int) -> int:
 def _input_requires_grad(decoder, args, kwargs):
     """Megatron's recomputed layers (train.recompute=full) run in a reentrant checkpoint, which
     gives its output a gradient only if an input needs one; above a frozen embedding (or the
-    cached trunk's output) nothing would: the trained layers would get no gradient at all."""
+    cached trunk's output) nothing would: the trained layers would get no gradient at all.
+    Where the frozen layers run in the same forward (no trunk cache: PP > 1 or
+    cache_frozen_trunk=false), backward then also passes through them (their input
+    gradients are computed and dropped): the price of recomputation above a frozen trunk."""
     hidden = kwargs.get("hidden_states")
     if torch.is_grad_enabled() and hidden is not None and not hidden.requires_grad:
         kwargs["hidden_states"] = hidden.detach().requires_grad_()

@@ -275,6 +275,9 @@ class VirtualGpuMode(CudaToCpuMode):
             explicit = _is_cuda_device(kwargs["device"])
             if explicit:
                 kwargs = {**kwargs, "device": _CPU}
+        generator = kwargs.get("generator")
+        if isinstance(generator, _HostGenerator) or isinstance(generator, torch.Generator) and explicit is not None:
+            _check_generator(func, generator, explicit, args)
         device_input, host_input, any_tensor = False, None, False
         for t in _tensor_args(args, kwargs):
             any_tensor = True
@@ -302,10 +305,23 @@ class VirtualGpuMode(CudaToCpuMode):
         return _mark(out, where)
 
 
+def _check_generator(func, generator, explicit, args) -> None:
+    """A draw made with a generator of the other side raises on CUDA: a CUDA generator for a
+    host tensor, or a CPU generator for a device tensor."""
+    generator_on_device = getattr(generator, "for_cuda", False)
+    target = explicit if explicit is not None else (on_device(args[0]) if args and
+                                                     isinstance(args[0], torch.Tensor) else False)
+    if target is not None and bool(target) != generator_on_device:
+        raise DeviceMismatchError(
+            f"{_func_name(func)} draws for a {'GPU' if target else 'host'} tensor with a "
+            f"{'GPU' if generator_on_device else 'CPU'} generator: create the generator on the device "
+            f"the tensor lives on (torch.Generator(device=...))")
+
+
 def _to(func, args, kwargs):
     source, target = args[0], _target_device(args, kwargs)
     if isinstance(target, torch.Tensor):
-        to_gpu = on_device(target) is True
+        to_gpu = on_device(target)   # None (unknown): the result stays where the source is
     elif target is None:
         to_gpu = None
     else:
@@ -343,6 +359,17 @@ def _is_cuda(func, args, kwargs):
     return bool(on_device(args[0]))
 
 
+def _is_cpu(func, args, kwargs):
+    return not on_device(args[0])
+
+
+def _to_numpy(func, args, kwargs):
+    if on_device(args[0]):
+        raise DeviceMismatchError(f"converting a GPU tensor {_describe(args[0])} to numpy: copy it to the host "
+                                  "first (.cpu())")
+    return func(*args, **kwargs)
+
+
 def _get_device(func, args, kwargs):
     return 0 if on_device(args[0]) else func(*args)
 
@@ -350,6 +377,11 @@ def _get_device(func, args, kwargs):
 def _indices_device(index) -> bool:
     items = index if isinstance(index, tuple) else (index,)
     return any(isinstance(i, torch.Tensor) and on_device(i) for i in items)
+
+
+def _has_index_tensor(index) -> bool:
+    items = index if isinstance(index, tuple) else (index,)
+    return any(isinstance(i, torch.Tensor) for i in items)
 
 
 def _getitem(func, args, kwargs):
@@ -365,7 +397,8 @@ def _setitem(func, args, kwargs):
     where = on_device(target)
     if where is False and _indices_device(index):
         raise DeviceMismatchError(f"indexing a host tensor {_describe(target)} with an index tensor on the GPU")
-    if isinstance(value, torch.Tensor) and value.dim() > 0 and where is not None \
+    advanced = _has_index_tensor(index)  # basic slicing assigns by copy_, which crosses devices
+    if advanced and isinstance(value, torch.Tensor) and value.dim() > 0 and where is not None \
             and on_device(value) is not None and on_device(value) != where:
         side = "host" if on_device(value) is False else "GPU"
         raise DeviceMismatchError(f"assigning a {side} tensor {_describe(value)} into a "
@@ -388,6 +421,9 @@ _SPECIAL = {
     torch.Tensor.data.__set__: _set_data,
     torch.Tensor.device.__get__: _device,
     torch.Tensor.is_cuda.__get__: _is_cuda,
+    torch.Tensor.is_cpu.__get__: _is_cpu,
+    torch.Tensor.numpy: _to_numpy,
+    torch.Tensor.__array__: _to_numpy,
     torch.Tensor.get_device: _get_device,
     torch.Tensor.__getitem__: _getitem,
     torch.Tensor.__setitem__: _setitem,
@@ -457,11 +493,18 @@ def _recording_new_group(new_group):
 
 
 class _HostGenerator(torch.Generator):
-    """``torch.Generator(device="cuda")`` on a CPU-only build: a CPU generator (its
-    draws are host tensors, which the caller then moves to the device)."""
+    """``torch.Generator(device=...)`` on a CPU-only build: a CPU generator that remembers
+    whether it was made for the GPU (``for_cuda``; its ``device`` then says ``cuda:0``), so
+    that drawing for a tensor of the other side raises as on CUDA."""
 
     def __new__(cls, device=None):
-        return super().__new__(cls, device=_CPU if device is None or _is_cuda_device(device) else device)
+        generator = super().__new__(cls, device=_CPU)
+        generator.for_cuda = device is not None and _is_cuda_device(device)
+        return generator
+
+    @property
+    def device(self):
+        return _VIRTUAL_DEVICE if self.for_cuda else _CPU
 
 
 def _virtual_gpu_patches() -> dict[tuple[object, str], object]:

@@ -54,12 +54,21 @@ class Runtime:
     def is_last_stage(self) -> bool:
         return self.pp_rank == self.pp_size - 1
 
+    def describe(self) -> str:
+        check = " (virtual GPU: device-discipline check)" if cpu_compat.virtual_gpu() else ""
+        return (f"TP{self.tp_size} x PP{self.pp_size} x DP{self.dp_size} on {self.world_size} rank(s), "
+                f"backend {self.backend}, device {self.device}{check}")
+
 
 def _choose_backend(requested: str) -> str:
     if requested == "auto":
         return "nccl" if torch.cuda.is_available() else "gloo"
     if requested == "nccl" and not torch.cuda.is_available():
         raise RuntimeError("parallel.backend=nccl needs CUDA; use parallel.backend=gloo or auto on CPU")
+    if requested == "gloo" and torch.cuda.is_available():
+        raise RuntimeError("parallel.backend=gloo on a machine with CUDA: the models live on the GPUs and "
+                           "gloo cannot run Megatron's collectives on GPU tensors; use parallel.backend=auto "
+                           "or nccl")
     return requested
 
 

@@ -175,15 +175,14 @@ def tail(log: Path, n: int = 15) -> str:
 
 
 def checkpoint_problem(folder: Path) -> str | None:
-    """As autorlhf_nemo.checkpoint.run_checkpoint.verify: None if complete, else what is wrong."""
-    marker = folder / "COMPLETE"
-    if not marker.is_file():
-        return f"{folder.name}: no COMPLETE manifest"
-    manifest = json.loads(marker.read_text())
-    for name, size in manifest.items():
-        path = folder / name
-        if not path.is_file() or path.stat().st_size != size:
-            return f"{folder.name}: {name} missing or truncated"
+    """None if ``folder`` is a complete run checkpoint (the project's own check, plus that
+    it holds the replicated state and distributed shards), else what is wrong."""
+    from autorlhf_nemo.checkpoint.run_checkpoint import MANIFEST, verify
+
+    problem = verify(folder)
+    if problem:
+        return f"{folder.name}: {problem}"
+    manifest = json.loads((folder / MANIFEST).read_text())
     if "state.pt" not in manifest or not any(n.startswith("dist/") for n in manifest):
         return f"{folder.name}: the manifest lacks state.pt or dist/ shards"
     return None

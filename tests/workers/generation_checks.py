@@ -178,10 +178,18 @@ def sampling_checks(vocab, padded_vocab):
     keep_sorted = before < 0.8
     expected_top_p = torch.zeros_like(full, dtype=torch.bool).scatter(-1, order, keep_sorted)
     kth = full.topk(10, -1).values[:, -1:]
+    # A nearly flat distribution: the nucleus holds far more than one round of 64 candidates.
+    flat = full / 40
+    flat_sorted, flat_order = flat.softmax(-1).sort(-1, descending=True)
+    flat_keep = torch.zeros_like(flat, dtype=torch.bool).scatter(
+        -1, flat_order, (flat_sorted.cumsum(-1) - flat_sorted) < 0.9)
+    assert flat_keep.sum(-1).min() > 64
     tokens = torch.tensor([0, 5, vocab - 1, 17, 3, 9])
     return {
         "top_p_match": torch.equal(torch.isfinite(gather(vp.top_p_mask(local, 0.8))), expected_top_p),
         "top_k_match": torch.equal(torch.isfinite(gather(vp.top_k_mask(local, 10))), full >= kth),
+        "top_p_wide_match": torch.equal(torch.isfinite(gather(vp.top_p_mask(flat[:, rank * shard:(rank + 1) * shard],
+                                                                          0.9))), flat_keep),
         "argmax_match": torch.equal(vp.argmax(local), full.argmax(-1)),
         "log_softmax_err": (vp.log_softmax_at(local, tokens)
                             - full.log_softmax(-1).gather(-1, tokens[:, None])[:, 0]).abs().max().item(),

@@ -82,7 +82,7 @@ def main():
         full = torch.cat([gather_from_tensor_model_parallel_region(o) for o in outputs], dim=0)
         if runtime.tp_rank == 0:
             logits = full[..., :vocab].float()
-    result = {"logits": gather_over_dp(logits)}
+    result = {"logits": gather_over_dp(logits), "runtime": runtime.describe()}
 
     if args.no_train:
         result["weights"] = gather_hf_state_dict(model, values["model"])

@@ -50,9 +50,9 @@ def minibatch_assignment(rows: int, minibatches: int, generator: torch.Generator
     """[rows] minibatch index of each global row for one epoch.
 
     Rows are taken in runs of ``minibatches`` consecutive rows; each run is dealt out in
-    a random order, one row to every minibatch. Each minibatch is a random subset of the
-    rows, and every contiguous equal share of the rows (a DP rank's) holds an equal part
-    of every minibatch, so the minibatches do not depend on the DP size."""
+    a random order, one row to every minibatch: a stratified random split, in which every
+    contiguous equal share of the rows (a DP rank's) holds an equal part of every
+    minibatch, so the minibatches do not depend on the DP size."""
     runs = torch.rand(rows // minibatches, minibatches, generator=generator)
     return runs.argsort(dim=1).flatten()
 

@@ -54,7 +54,7 @@ class PPOTrainer:
         self.before = None  # evaluation of the initial policy
         self.restored_row = None  # the checkpointed step's metrics, on resume
         self.checkpoints = self.run_dir / "checkpoints"
-        self.save_error = None  # the last failed save (run_checkpoint.CheckpointSaveError), if any
+        self.save_error = None  # a failed save not followed by a successful one (CheckpointSaveError)
 
     # ------------------------------------------------------------------ sampling
     def _sampling(self, seed: int, row_seeds, greedy: bool = False) -> SamplingParams:
@@ -172,6 +172,7 @@ class PPOTrainer:
             if last or (save_every and self.step_count % save_every == 0):
                 try:
                     self.save(metrics={**metrics, **timer.times})
+                    self.save_error = None  # the newest state is saved: an earlier failure is behind us
                 except run_checkpoint.CheckpointSaveError as error:  # raised on every rank alike
                     # What was trained stays in memory: train on, export and report; the run
                     # ends with this error (jobs.run_rl) once the HF export and summary exist.
