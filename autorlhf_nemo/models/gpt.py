@@ -43,13 +43,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def transformer_engine_available() -> bool:
     """TE needs CUDA; on CPU the local spec is the only choice."""
-    if not torch.cuda.is_available():
-        return False
-    try:
-        import transformer_engine  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return torch.cuda.is_available() and _imports("transformer_engine")
 
 
 def _imports(module: str) -> bool:

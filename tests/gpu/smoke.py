@@ -271,6 +271,7 @@ def run_geometry(hydra_dir: Path) -> tuple[int, int]:
 
 
 def versions() -> list[str]:
+    """The interpreter, torch (CUDA, NCCL), the GPU and the versions of the packages the project uses."""
     import importlib.metadata as md
 
     import torch
@@ -282,13 +283,13 @@ def versions() -> list[str]:
             return "absent"
 
     cuda = torch.cuda.is_available()
-    gpu = torch.cuda.get_device_name(0) if cuda else "none"
+    gpu = torch.cuda.get_device_name(0) if cuda else "none (CPU only)"
     nccl = ".".join(map(str, torch.cuda.nccl.version())) if cuda and hasattr(torch.cuda, "nccl") else "n/a"
+    packages = ("megatron-core", "transformers", "nemo-toolkit", "lightning", "hydra-core", "omegaconf",
+                "tokenizers", "huggingface-hub", "transformer-engine")
     return [f"python {sys.version.split()[0]}, torch {torch.__version__} (CUDA {torch.version.cuda}, NCCL {nccl}), "
             f"GPU: {gpu}",
-            f"megatron-core {v('megatron-core')}, transformers {v('transformers')}, nemo-toolkit {v('nemo-toolkit')}, "
-            f"lightning {v('lightning')}, hydra-core {v('hydra-core')}, transformer-engine "
-            f"{v('transformer-engine')}"]
+            ", ".join(f"{d} {v(d)}" for d in packages)]
 
 
 # ---------------------------------------------------------------------------- driver
@@ -303,8 +304,12 @@ def main() -> int:
                         help="PPO steps of check d (the second gives a warm throughput figure)")
     parser.add_argument("--checks", default="abcd",
                         help="which checks to run (default abcd; a and b share one process; e follows c and d)")
+    parser.add_argument("--versions", action="store_true", help="print the versions report and exit")
     parser.add_argument("--worker", choices=["parity"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.versions:
+        print("\n".join(versions()))
+        return 0
     if not args.checks or set(args.checks) - set("abcd"):
         parser.error(f"--checks takes letters of abcd, got {args.checks!r}")
     args.out = args.out.resolve()

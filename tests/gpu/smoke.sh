@@ -102,20 +102,7 @@ fi
 echo "smoke.sh: venv $VENV ready in $(( $(date +%s) - T0 )) s"
 
 # ---------------------------------------------------------------- versions, imports
-"$VPY" - <<'EOF' 2>>"$LOG" || fail "version report"
-import importlib.metadata as md, sys, torch
-def v(dist):
-    try:
-        return md.version(dist)
-    except md.PackageNotFoundError:
-        return "absent"
-cuda = torch.cuda.is_available()
-print(f"python {sys.version.split()[0]}  torch {torch.__version__}  CUDA {torch.version.cuda}  "
-      f"GPU {torch.cuda.get_device_name(0) if cuda else 'none (CPU only)'}")
-print("  ".join(f"{d} {v(d)}" for d in ("megatron-core", "transformers", "nemo-toolkit", "lightning",
-                                        "hydra-core", "omegaconf", "tokenizers", "huggingface-hub",
-                                        "transformer-engine")))
-EOF
+"$VPY" tests/gpu/smoke.py --versions 2>>"$LOG" || fail "version report"
 T1=$(date +%s)
 "$VPY" -c "import autorlhf_nemo.__main__, autorlhf_nemo.jobs; from nemo.core import ModelPT; \
 from autorlhf_nemo.algorithms.ppo.trainer import PPOTrainer; from autorlhf_nemo.algorithms.ppo.model import PPOModel" \
