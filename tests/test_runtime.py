@@ -29,8 +29,23 @@ def test_job_reports_each_rank_of_a_tp2_pp2_layout():
 
 
 def test_bad_layout_fails_in_every_rank_before_process_groups():
+    message = "world size 3 is not divisible by parallel.tensor_model_parallel_size"
+    # Each rank as torchrun starts it (its environment), but without the agent that tears the
+    # others down once the first one exits: every rank must say why, exit 2, and never reach
+    # a rendezvous (the master address below has nobody listening: a rank that got as far as
+    # init_process_group would wait for it until the timeout).
+    ranks = [subprocess.Popen([sys.executable, "-m", "autorlhf_nemo", "parallel=tp2"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                              env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore",
+                                       RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="3",
+                                       LOCAL_WORLD_SIZE="3", MASTER_ADDR="127.0.0.1", MASTER_PORT="9"))
+             for rank in range(3)]
+    for rank, proc in enumerate(ranks):
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 2, (rank, stderr[-2000:])
+        assert stderr.count(message) == 1, (rank, stderr[-2000:])
+        assert "init_process_group" not in stderr
+    # Under torchrun the job fails as a whole (the agent stops the ranks still validating).
     proc = _torchrun_module(3, "parallel=tp2")
     assert proc.returncode != 0
-    message = "world size 3 is not divisible by parallel.tensor_model_parallel_size"
-    assert proc.stderr.count(message) == 3  # each rank says why, none hangs in a collective
-    assert "init_process_group" not in proc.stderr
+    assert message in proc.stderr and "init_process_group" not in proc.stderr
