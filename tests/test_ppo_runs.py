@@ -98,14 +98,13 @@ FROZEN = ["algorithm.num_layers_unfrozen=2"]  # top 2 of 4 layers train; the ref
 LAYOUTS = {"tp1": (1, []), "tp2": (2, ["parallel=tp2"]), "pp2": (2, ["parallel=pp2"]),
            "dp2": (2, ["parallel=dp2"]), "tp2_sp": (2, ["parallel=tp2_sp"]),
            "tp1_frozen_cached": (1, FROZEN), "tp1_frozen_full": (1, [*FROZEN, "algorithm.cache_frozen_trunk=false"]),
-           "tp2_sp_frozen_cached": (2, ["parallel=tp2_sp", *FROZEN]),
            # Megatron's recomputed forward runs the cached trunk's top layers too
-           "tp1_frozen_cached_recompute": (1, [*FROZEN, "train.recompute=full"])}
+           "tp2_sp_frozen_cached_recompute": (2, ["parallel=tp2_sp", *FROZEN, "train.recompute=full"])}
 
 
 @pytest.fixture(scope="module")
 def invariance_runs(pretrained_walker, tmp_path_factory):
-    """First 3 PPO steps from the same pretrained walker at every layout, with the randomwalks
+    """First 2 PPO steps from the same pretrained walker at every layout, with the randomwalks
     defaults (128 rollouts, 4 epochs x 4 minibatches; micro-batches of 16 so that DP2 divides
     them), under the device-discipline check
     (AUTORLHF_VIRTUAL_GPU: a host tensor meeting a device tensor, or handed to NCCL, raises)."""
@@ -113,7 +112,7 @@ def invariance_runs(pretrained_walker, tmp_path_factory):
     for name, (nproc, layout) in LAYOUTS.items():
         run_dir = tmp_path_factory.mktemp(f"inv_{name}")
         proc = cli(nproc, [*RANDOMWALKS, *layout, f"run_dir={run_dir}",
-                           f"model.hf_checkpoint={pretrained_walker / 'hf'}", "train.total_steps=3",
+                           f"model.hf_checkpoint={pretrained_walker / 'hf'}", "train.total_steps=2",
                            "train.micro_batch_size=16", "checkpoint.export_hf=false", "logging.tensorboard=false"],
                    virtual_gpu=True)
         assert "(virtual GPU: device-discipline check)" in proc.stdout, name
@@ -123,14 +122,13 @@ def invariance_runs(pretrained_walker, tmp_path_factory):
 
 @pytest.mark.parametrize("base,layout", [("tp1", "tp2"), ("tp1", "pp2"), ("tp1", "dp2"), ("tp1", "tp2_sp"),
                                          ("tp1_frozen_full", "tp1_frozen_cached"),
-                                         ("tp1_frozen_full", "tp2_sp_frozen_cached"),
-                                         ("tp1_frozen_full", "tp1_frozen_cached_recompute")])
+                                         ("tp1_frozen_full", "tp2_sp_frozen_cached_recompute")])
 def test_first_ppo_steps_are_layout_invariant(invariance_runs, base, layout):
     """Same losses at every layout; and with a frozen trunk, the same with its
     output cached once per rollout (hydra forward) as with full forwards."""
     base, other = invariance_runs[base], invariance_runs[layout]
     assert base[1]["rollout/kl"] == 0.0 and other[1]["rollout/kl"] == 0.0
-    for step in (1, 2, 3):
+    for step in (1, 2):   # step 2 samples from and learns on the policy after 16 optimizer steps
         assert other[step]["rollout/score"] == pytest.approx(base[step]["rollout/score"], abs=1e-6)  # same samples
         assert other[step]["rollout/kl"] == pytest.approx(base[step]["rollout/kl"], abs=1e-4)
         for key in ("learn/loss", "learn/policy_loss", "learn/value_loss"):
