@@ -13,7 +13,7 @@ Fusion flags are on only where their kernels exist (:func:`fusion_flags`).
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import os
 import shutil
 import sysconfig

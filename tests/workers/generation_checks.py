@@ -161,6 +161,12 @@ def ban_tokens(token_ids):
     return processor
 
 
+def nucleus(logits, top_p):
+    """[b, v] bool: the tokens whose preceding probability mass (in descending order) is < top_p."""
+    sorted_p, order = logits.softmax(-1).sort(-1, descending=True)
+    return torch.zeros_like(logits, dtype=torch.bool).scatter(-1, order, (sorted_p.cumsum(-1) - sorted_p) < top_p)
+
+
 def sampling_checks(vocab, padded_vocab):
     """Vocab-parallel top-k / top-p / argmax / log-softmax against the full-vocabulary
     computation on the same random logits (identical on every rank)."""
@@ -172,17 +178,11 @@ def sampling_checks(vocab, padded_vocab):
     vp = VocabParallel(parallel_state.get_tensor_model_parallel_group(), rank * shard, vocab)
     local = full[:, rank * shard:(rank + 1) * shard]
     gather = lambda t: torch.cat(all_gather_tp(t), dim=-1)
-    probs = full.softmax(-1)
-    sorted_p, order = probs.sort(-1, descending=True)
-    before = sorted_p.cumsum(-1) - sorted_p
-    keep_sorted = before < 0.8
-    expected_top_p = torch.zeros_like(full, dtype=torch.bool).scatter(-1, order, keep_sorted)
+    expected_top_p = nucleus(full, 0.8)
     kth = full.topk(10, -1).values[:, -1:]
     # A nearly flat distribution: the nucleus holds far more than one round of 64 candidates.
     flat = full / 40
-    flat_sorted, flat_order = flat.softmax(-1).sort(-1, descending=True)
-    flat_keep = torch.zeros_like(flat, dtype=torch.bool).scatter(
-        -1, flat_order, (flat_sorted.cumsum(-1) - flat_sorted) < 0.9)
+    flat_keep = nucleus(flat, 0.9)
     assert flat_keep.sum(-1).min() > 64
     tokens = torch.tensor([0, 5, vocab - 1, 17, 3, 9])
     return {
