@@ -1,4 +1,4 @@
-"""autorlhf_nemo: RLHF (PPO, ILQL, online DPO, RLOO) on Megatron-core."""
+"""autorlhf_nemo: RLHF (PPO, online DPO, RLOO, GRPO; ILQL to come) on Megatron-core."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def train(overrides: Sequence[str] = (), *, reward_fn: Callable | None = None,
     With ``reward_fn(samples, prompts, outputs, **metadata) -> list[float]`` (or
     per-token lists) and ``prompts`` the task is ``custom`` (conf/task/custom.yaml:
     settings that keep a step of a small model cheap; your overrides and a recipe's
-    settings win); ``algorithm`` defaults to ppo. Without ``eval_prompts`` the
+    settings win); ``algorithm`` defaults to ppo (``algorithm=online_dpo|rloo|grpo``). Without ``eval_prompts`` the
     evaluations use the first ``task.num_eval_prompts`` training prompts (the report
     says so). Call it in every process under torchrun, or in a plain process for a
     single-rank run. Returns {"before", "after", "history"} (evaluations and
@@ -44,12 +44,15 @@ def train(overrides: Sequence[str] = (), *, reward_fn: Callable | None = None,
                             prompts=["Tell me a joke.", "Describe the sea."])
     """
     from autorlhf_nemo.config.compose import compose_config
-    from autorlhf_nemo.config.validate import validate_config
+    from autorlhf_nemo.config.validate import ConfigError, foreign_option_problems, validate_config
     from autorlhf_nemo.jobs import run_rl
 
     overrides = list(overrides)
     if not any(o.startswith("algorithm=") for o in overrides):
         overrides.insert(0, "algorithm=ppo")
+    problems = foreign_option_problems(overrides)
+    if problems:
+        raise ConfigError(problems)
     if reward_fn is not None and not any(o.startswith(("task=", "task.name=")) for o in overrides):
         # The group sets the custom task's defaults; the name also beats a recipe's placeholder task.
         overrides += ["task=custom", "task.name=custom"]

@@ -11,14 +11,14 @@ import hydra
 from omegaconf import DictConfig
 
 from autorlhf_nemo.config.compose import conf_dir
-from autorlhf_nemo.config.validate import ConfigError, validate_config
+from autorlhf_nemo.config.validate import ConfigError, foreign_option_problems, validate_config
 from autorlhf_nemo.config.schema import register_configs
 
 register_configs()
 
 
 @hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     from autorlhf_nemo.jobs import run_job
 
     try:
@@ -27,6 +27,16 @@ def main(cfg: DictConfig) -> None:
     except ConfigError as error:  # a user error, not a crash: no traceback
         print(f"autorlhf_nemo: {error}", file=sys.stderr)
         sys.exit(2)
+
+
+def main() -> None:
+    """The CLI. An option of another algorithm (``algorithm=grpo algorithm.vf_coef=...``) is
+    named as such here; Hydra alone would call it an unknown key and suggest adding it."""
+    problems = foreign_option_problems(sys.argv[1:])
+    if problems:
+        print(f"autorlhf_nemo: {ConfigError(problems)}", file=sys.stderr)
+        sys.exit(2)
+    hydra_main()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """What ``python -m autorlhf_nemo`` runs once the config is composed.
 
-With ``algorithm=ppo`` (and a task) it is an RL run: :func:`run_rl`. Without
-an algorithm the job builds the configured model at the configured layout,
+With an algorithm (``algorithm=ppo|online_dpo|rloo|grpo``, and a task) it is an RL
+run: :func:`run_rl`. Without an algorithm the job builds the configured model at the configured layout,
 loads its checkpoint, and reports per-rank parameter counts: a smoke test of
 a layout on real hardware before a long run.
 """
@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import logging
 
-from autorlhf_nemo.config.validate import to_container, validate_config
+from autorlhf_nemo.config.schema import RootConfig, typed_config
+from autorlhf_nemo.config.validate import validate_config
 
 
 def run_job(cfg) -> None:
+    """The job of a composed (and validated) config."""
     logging.getLogger("megatron").setLevel(logging.WARNING)
-    if cfg.get("algorithm") is not None:
+    cfg = typed_config(cfg)
+    if cfg.algorithm is not None:
         run_rl(cfg)
         return
     import torch.distributed as dist
@@ -26,11 +29,9 @@ def run_job(cfg) -> None:
     from autorlhf_nemo.parallel.runtime import initialize, shutdown
 
     runtime = initialize(cfg)  # validates the layout before any process group starts
-    values = to_container(cfg)
     model = build_model(cfg)
-    if values["model"]["hf_checkpoint"]:
-        load_hf_checkpoint(model, resolve_hf_checkpoint(values["model"]["hf_checkpoint"]),
-                           values["model"])
+    if cfg.model.hf_checkpoint:
+        load_hf_checkpoint(model, resolve_hf_checkpoint(cfg.model.hf_checkpoint), cfg.model)
     local = sum(p.numel() for p in model.parameters())
     # Norm weights are replicated on every TP rank: count them once per replica.
     unique = sum(p.numel() for p in model.parameters()
@@ -49,7 +50,7 @@ def run_job(cfg) -> None:
 
 
 def run_rl(cfg, prompts=None, reward_fn=None, eval_prompts=None) -> dict:
-    """An RL run at the layout of ``cfg``: build the task and the algorithm's model,
+    """An RL run at the layout of ``cfg`` (composed, or a RootConfig): build the task and the algorithm's model,
     train (resuming from the newest complete checkpoint), export, report.
     Returns the trainer's summary (before/after evaluation, per-step history).
 
@@ -62,6 +63,7 @@ def run_rl(cfg, prompts=None, reward_fn=None, eval_prompts=None) -> dict:
 
     start = time.perf_counter()
     validate_config(cfg)  # before the task loads a tokenizer or anything starts
+    cfg = typed_config(cfg)
 
     import torch.distributed as dist
 
@@ -72,27 +74,26 @@ def run_rl(cfg, prompts=None, reward_fn=None, eval_prompts=None) -> dict:
     runtime = initialize(cfg)
     if runtime.rank == 0:
         print(f"runtime: {runtime.describe()}", flush=True)
-    from autorlhf_nemo.algorithms.ppo.model import PPOModel
-    from autorlhf_nemo.algorithms.ppo.trainer import PPOTrainer
+    from autorlhf_nemo.algorithms import model_class
+    from autorlhf_nemo.algorithms.trainer import RLTrainer
 
-    values = to_container(cfg)
-    model = PPOModel(cfg, runtime, task.init_weights)
-    trainer = PPOTrainer(model, task, cfg)
+    model = model_class(cfg.algorithm.name)(cfg, runtime, task.init_weights)
+    trainer = RLTrainer(model, task, cfg)
     summary = trainer.fit()
-    run_dir = Path(values["run_dir"])
-    if values["checkpoint"]["export_hf"]:
+    run_dir = Path(cfg.run_dir)
+    if cfg.checkpoint.export_hf:
         from autorlhf_nemo.convert import resolve_hf_checkpoint
         from autorlhf_nemo.convert.hf_llama import export_hf_checkpoint
 
-        source = values["model"]["hf_checkpoint"]
-        export_hf_checkpoint(model.policy.module.gpt, values["model"], run_dir / "hf_export",
+        source = cfg.model.hf_checkpoint
+        export_hf_checkpoint(model.policy.module.gpt, cfg.model, run_dir / "hf_export",
                              tokenizer_dir=resolve_hf_checkpoint(source) if source else None)
     summary["wall_seconds"] = time.perf_counter() - start
     summary["eval_prompts"] = task.eval_set  # null: the task's held-out prompts
     summary["checkpoint_error"] = str(trainer.save_error) if trainer.save_error else None
     if runtime.rank == 0:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-        print(report(summary, values), flush=True)
+        print(report(summary, cfg), flush=True)
     dist.barrier()
     shutdown()
     if trainer.save_error is not None:
@@ -100,17 +101,19 @@ def run_rl(cfg, prompts=None, reward_fn=None, eval_prompts=None) -> dict:
     return summary
 
 
-def report(summary: dict, values: dict) -> str:
+def report(summary: dict, cfg: RootConfig) -> str:
     """Reward before and after (naming the evaluation prompts when they are not held out),
-    final KL, and a few before/after samples."""
-    lines = [f"== {values['algorithm']['name']} on {values['task']['name']}: "
-             f"{values['train']['total_steps']} steps, run dir {values['run_dir']}"]
+    each evaluation pass's figures, final KL, and a few before/after samples."""
+    lines = [f"== {cfg.algorithm.name} on {cfg.task.name}: {cfg.train.total_steps} steps, run dir {cfg.run_dir}"]
     before, after = summary["before"], summary["after"]
     label = f"eval reward ({summary['eval_prompts']})" if summary["eval_prompts"] else "eval reward"
     if before:
         lines.append(f"{label} before: {before['reward']:.3f}")
     lines.append(f"{label} after:  {after['reward']:.3f}"
                  + (f"  (change {after['reward'] - before['reward']:+.3f})" if before else ""))
+    for name, value in after.get("rewards", {}).items():
+        was = f"{before['rewards'][name]:.3f} -> " if before and name in before.get("rewards", {}) else ""
+        lines.append(f"  {name}: {was}{value:.3f}")
     steps = [h for h in summary["history"] if "time/step" in h]
     if steps:
         lines.append(f"wall time {summary['wall_seconds'] / 60:.1f} min, "

@@ -21,7 +21,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from autorlhf_nemo.config.validate import ConfigError, to_container, validate_config
+from autorlhf_nemo.config.schema import RootConfig, typed_config
+from autorlhf_nemo.config.validate import ConfigError, validate_config
 
 # Values written unquoted into #SBATCH lines: Slurm reads them up to the end of the line.
 _PLAIN_WORD = re.compile(r"^[A-Za-z0-9_.,:+@%=/\-]+$")
@@ -38,9 +39,9 @@ def template_path() -> Path:
     raise FileNotFoundError("launch/slurm.sbatch not found next to or inside the autorlhf_nemo package")
 
 
-def allocated_world_size(values: dict) -> int:
+def allocated_world_size(cfg: RootConfig) -> int:
     """One process per GPU of the allocation."""
-    return values["cluster"]["nodes"] * values["cluster"]["gpus_per_node"]
+    return cfg.cluster.nodes * cfg.cluster.gpus_per_node
 
 
 def job_overrides(overrides: Sequence[str], world_size: int) -> list[str]:
@@ -61,37 +62,37 @@ def _plain(name: str, value, problems: list[str]) -> str:
 
 def render_sbatch(cfg, overrides: Sequence[str]) -> str:
     """The batch script for ``cfg`` (composed from ``overrides``). Raises ConfigError."""
-    values = to_container(cfg)
-    c, declared = values["cluster"], values["parallel"]["world_size"]
-    world_size = allocated_world_size(values)
+    cfg = typed_config(cfg)
+    c, declared = cfg.cluster, cfg.parallel.world_size
+    world_size = allocated_world_size(cfg)
     problems = []
-    if c["nodes"] < 1 or c["gpus_per_node"] < 1:
-        problems.append(f"cluster.nodes={c['nodes']} and cluster.gpus_per_node={c['gpus_per_node']} must be >= 1")
+    if c.nodes < 1 or c.gpus_per_node < 1:
+        problems.append(f"cluster.nodes={c.nodes} and cluster.gpus_per_node={c.gpus_per_node} must be >= 1")
     if declared and declared != world_size:
         problems.append(f"parallel.world_size={declared} but the allocation has cluster.nodes x "
                         f"cluster.gpus_per_node = {world_size} GPUs: make them agree (or drop parallel.world_size)")
-    fields = {name: _plain(name, c[name], problems) for name in ("job_name", "time", "log_dir")}
-    directives = [f"#SBATCH --{flag}={_plain(name, c[name], problems)}"
+    fields = {name: _plain(name, getattr(c, name), problems) for name in ("job_name", "time", "log_dir")}
+    directives = [f"#SBATCH --{flag}={_plain(name, getattr(c, name), problems)}"
                   for name, flag in (("partition", "partition"), ("account", "account"), ("qos", "qos"),
-                                     ("cpus_per_task", "cpus-per-task")) if c[name] is not None]
-    bad_env = [k for k in c["env"] if not _ENV_NAME.match(str(k))]
+                                     ("cpus_per_task", "cpus-per-task")) if getattr(c, name) is not None]
+    bad_env = [k for k in c.env if not _ENV_NAME.match(str(k))]
     if bad_env:
         problems.append(f"cluster.env names {bad_env} are not valid environment variable names")
     if problems:
         raise ConfigError(problems)
 
     container = ""
-    if c["container_image"]:
-        container = f"--container-image={shlex.quote(c['container_image'])} --container-workdir=\"$PWD\" "
-        if c["container_mounts"]:
-            container += f"--container-mounts={shlex.quote(c['container_mounts'])} "
+    if c.container_image:
+        container = f"--container-image={shlex.quote(c.container_image)} --container-workdir=\"$PWD\" "
+        if c.container_mounts:
+            container += f"--container-mounts={shlex.quote(c.container_mounts)} "
     fields.update(
-        nodes=str(c["nodes"]), gpus_per_node=str(c["gpus_per_node"]), master_port=str(int(c["master_port"])),
+        nodes=str(c.nodes), gpus_per_node=str(c.gpus_per_node), master_port=str(int(c.master_port)),
         optional_directives="\n".join(directives),
-        env_exports="\n".join(f"export {k}={shlex.quote(str(v))}" for k, v in c["env"].items()),
-        setup="\n".join(c["setup"]),
+        env_exports="\n".join(f"export {k}={shlex.quote(str(v))}" for k, v in c.env.items()),
+        setup="\n".join(c.setup),
         container_args=container,
-        python=shlex.quote(c["python"]),
+        python=shlex.quote(c.python),
         overrides=" ".join(shlex.quote(o) for o in job_overrides(overrides, world_size)),
     )
     return _FIELD.sub(lambda match: fields[match.group(1)], template_path().read_text())
@@ -122,9 +123,9 @@ def main(argv=None) -> int:
     from autorlhf_nemo.config.compose import compose_config
 
     try:
-        cfg = compose_config(args.overrides)
-        values = to_container(cfg)
-        validate_config(cfg, world_size=allocated_world_size(values))
+        composed = compose_config(args.overrides)
+        validate_config(composed, world_size=allocated_world_size(typed_config(composed)))
+        cfg = typed_config(composed)
         if not args.no_plan:
             from autorlhf_nemo.plan.planner import plan_layout
 
@@ -140,7 +141,7 @@ def main(argv=None) -> int:
         print(script, end="")
         return 0
     try:
-        print(submit(script, values["cluster"]["log_dir"], values["cluster"]["job_name"]))
+        print(submit(script, cfg.cluster.log_dir, cfg.cluster.job_name))
     except RuntimeError as error:
         print(f"autorlhf_nemo.slurm: {error}", file=sys.stderr)
         return 1

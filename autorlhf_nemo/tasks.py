@@ -15,7 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from autorlhf_nemo.config.validate import ConfigError, to_container
+from autorlhf_nemo.config.schema import RootConfig
+from autorlhf_nemo.config.validate import ConfigError
 
 
 @dataclass
@@ -29,7 +30,6 @@ class Task:
     eos_token_ids: list[int]
     pad_token_id: int
     init_weights: Callable             # init_weights(gpt, cfg, runtime) -> None
-    eval_greedy: bool = False
     # None: the evaluation prompts are the task's own held-out set; otherwise what they are
     # instead, as the report and summary.json name them.
     eval_set: str | None = None
@@ -51,61 +51,58 @@ class TokenizerCodec:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
 
-def _load_hf_weights(gpt, cfg, runtime) -> None:
+def _load_hf_weights(gpt, cfg: RootConfig, runtime) -> None:
     from autorlhf_nemo.convert import resolve_hf_checkpoint
     from autorlhf_nemo.convert.hf_llama import load_hf_checkpoint
 
-    model = to_container(cfg)["model"]
-    load_hf_checkpoint(gpt, resolve_hf_checkpoint(model["hf_checkpoint"]), model)
+    load_hf_checkpoint(gpt, resolve_hf_checkpoint(cfg.model.hf_checkpoint), cfg.model)
 
 
-def _hf_codec(cfg):
+def _hf_codec(cfg: RootConfig):
     from transformers import AutoTokenizer
 
     from autorlhf_nemo.convert import resolve_hf_checkpoint
 
-    values = to_container(cfg)
-    if not values["model"]["hf_checkpoint"]:
-        raise ConfigError([f"task={values['task']['name']} needs a tokenizer: set model.hf_checkpoint "
+    if not cfg.model.hf_checkpoint:
+        raise ConfigError([f"task={cfg.task.name} needs a tokenizer: set model.hf_checkpoint "
                            "(e.g. model=smollm2_135m)"])
-    tokenizer = AutoTokenizer.from_pretrained(resolve_hf_checkpoint(values["model"]["hf_checkpoint"]))
-    codec = TokenizerCodec(tokenizer, values["task"]["chat_template"])
+    tokenizer = AutoTokenizer.from_pretrained(resolve_hf_checkpoint(cfg.model.hf_checkpoint))
+    codec = TokenizerCodec(tokenizer, cfg.task.chat_template)
     eos = [tokenizer.eos_token_id]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     return codec, eos, pad
 
 
-def _randomwalks(cfg) -> Task:
+def _randomwalks(cfg: RootConfig) -> Task:
     from autorlhf_nemo.data import randomwalks
     from autorlhf_nemo.data.randomwalks_pretrain import pretrain
 
-    walks = randomwalks.make_random_walks()
-    task_cfg = to_container(cfg)["task"]
+    task_cfg = cfg.task
+    walks = randomwalks.make_random_walks(seed=task_cfg.graph_seed)
 
-    def init_weights(gpt, cfg, runtime):
-        if to_container(cfg)["model"]["hf_checkpoint"]:  # a walker trained before (e.g. an hf_export)
+    def init_weights(gpt, cfg: RootConfig, runtime):
+        if cfg.model.hf_checkpoint:  # a walker trained before (e.g. an hf_export)
             _load_hf_weights(gpt, cfg, runtime)
-        elif task_cfg["pretrain_steps"] > 0:
-            trained, _ = pretrain(cfg, runtime, walks, steps=task_cfg["pretrain_steps"],
-                                  batch_size=task_cfg["pretrain_batch_size"], lr=task_cfg["pretrain_lr"])
+        elif task_cfg.pretrain_steps > 0:
+            trained, _ = pretrain(cfg, runtime, walks, steps=task_cfg.pretrain_steps,
+                                  batch_size=task_cfg.pretrain_batch_size, lr=task_cfg.pretrain_lr)
             gpt.load_state_dict(trained.module.state_dict())
 
     starts = list(walks.prompts)
-    return Task("randomwalks", starts, starts[:task_cfg["num_eval_prompts"]], walks.reward_fn,
-                randomwalks.encode, randomwalks.decode, [randomwalks.EOS], randomwalks.EOS, init_weights,
-                eval_greedy=True)
+    return Task("randomwalks", starts, starts[:task_cfg.num_eval_prompts], walks.reward_fn,
+                randomwalks.encode, randomwalks.decode, [randomwalks.EOS], randomwalks.EOS, init_weights)
 
 
-def _sentiment(cfg) -> Task:
+def _sentiment(cfg: RootConfig) -> Task:
     from autorlhf_nemo.data.sentiment import VaderReward, review_prompts
 
     codec, eos, pad = _hf_codec(cfg)
-    train, held_out = review_prompts(to_container(cfg)["task"]["num_eval_prompts"])
+    train, held_out = review_prompts(cfg.task.num_eval_prompts)
     return Task("sentiment", train, held_out, VaderReward(), codec.encode, codec.decode, eos, pad,
                 _load_hf_weights)
 
 
-def _custom(cfg, prompts: Sequence[str] | None, reward_fn: Callable | None,
+def _custom(cfg: RootConfig, prompts: Sequence[str] | None, reward_fn: Callable | None,
             eval_prompts: Sequence[str] | None) -> Task:
     """The caller's prompts and reward. Without ``eval_prompts`` the evaluations use the
     first ``task.num_eval_prompts`` training prompts, and the task says so (``eval_set``)."""
@@ -115,16 +112,16 @@ def _custom(cfg, prompts: Sequence[str] | None, reward_fn: Callable | None,
     codec, eos, pad = _hf_codec(cfg)
     eval_set = None
     if not eval_prompts:
-        eval_prompts = prompts[:to_container(cfg)["task"]["num_eval_prompts"]]
+        eval_prompts = prompts[:cfg.task.num_eval_prompts]
         eval_set = f"first {len(eval_prompts)} training prompts; no eval_prompts given"
     return Task("custom", list(prompts), list(eval_prompts), reward_fn, codec.encode, codec.decode, eos, pad,
                 _load_hf_weights, eval_set=eval_set)
 
 
-def build_task(cfg, prompts: Sequence[str] | None = None, reward_fn: Callable | None = None,
+def build_task(cfg: RootConfig, prompts: Sequence[str] | None = None, reward_fn: Callable | None = None,
                eval_prompts: Sequence[str] | None = None) -> Task:
     """The task ``cfg.task.name`` names; ``custom`` takes prompts and reward_fn from the caller."""
-    name = to_container(cfg)["task"]["name"]
+    name = cfg.task.name
     if name == "custom":
         return _custom(cfg, prompts, reward_fn, eval_prompts)
     if prompts is not None or reward_fn is not None:

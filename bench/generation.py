@@ -111,9 +111,8 @@ def main():
 
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    from autorlhf_nemo.config.compose import compose_config
-    from autorlhf_nemo.config.validate import to_container
-    from autorlhf_nemo.convert import resolve_hf_checkpoint
+    from autorlhf_nemo.config.compose import compose_typed_config
+        from autorlhf_nemo.convert import resolve_hf_checkpoint
     from autorlhf_nemo.convert.hf_llama import load_hf_checkpoint
     from autorlhf_nemo.generation import Generator, SamplingParams, matmul
     from autorlhf_nemo.generation.engine import left_pad
@@ -133,14 +132,14 @@ def main():
           f"best of {args.repeats} interleaved runs")
     print(f"{'dtype':>8} | {'new tokens':>10} | {'autorlhf_nemo tok/s':>19} | {'transformers tok/s':>18} | "
           f"{'ratio':>5}")
-    initialize(compose_config(["model=smollm2_135m"]))
+    initialize(compose_typed_config(["model=smollm2_135m"]))
     for dtype in args.dtypes:
         hf = LlamaForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).eval()
-        cfg = compose_config(["model=smollm2_135m", f"model.params_dtype={dtype}"])
-        m = to_container(cfg)["model"]
+        cfg = compose_typed_config(["model=smollm2_135m", f"model.params_dtype={dtype}"])
+        m = cfg.model
         model = build_model(cfg).eval()
         load_hf_checkpoint(model, path, m)
-        engine = Generator(model, m["vocab_size"], tokenizer.pad_token_id,
+        engine = Generator(model, m.vocab_size, tokenizer.pad_token_id,
                            pack_weights=matmul.packing_available(torch.device("cpu"), getattr(torch, dtype)))
         one_token = SamplingParams(max_new_tokens=1, greedy=True)
         engine.generate(prompts[:1], one_token)   # warm-up (and the first packing)

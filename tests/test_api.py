@@ -69,7 +69,7 @@ def test_readme_api_example_runs_as_an_unguarded_script(tmp_path):
     must not start processes that re-import it (Megatron's writer spawns a Manager and forks)."""
     script = with_overrides(readme_api_example(), [
         f"run_dir={tmp_path / 'run'}", "train.total_steps=1", "train.micro_batch_size=2",
-        "algorithm.rollouts_per_step=2", "algorithm.ppo_epochs=1", "algorithm.num_layers_unfrozen=2",
+        "algorithm.prompts_per_step=2", "algorithm.epochs=1", "algorithm.num_layers_unfrozen=2",
         "task.sampling.max_new_tokens=4", "logging.progress_bar=false", "logging.tensorboard=false"])
     assert "__main__" not in script and "reward_fn=reward_fn" in script and "train.total_steps=1" in script
     (tmp_path / "example.py").write_text(script)

@@ -121,7 +121,8 @@ BAD_CONFIGS = [
      ["use_distributed_optimizer=true", "train.optimizer=adam"]),
     (["parallel.tensor_model_parallel_size=0"], 1, ["tensor_model_parallel_size=0", ">= 1"]),
     (["algorithm=ppo", "task=randomwalks", "parallel=dp2"], 2,
-     ["rollouts_per_step=128", "32 x 2 x 4 = 256", "multiple of 256"]),
+     ["prompts_per_step=128", "each of its 4 minibatches 16 learner rows",
+      "train.micro_batch_size=32 does not divide", "divides 16"]),
     (["algorithm=ppo", "task=randomwalks", "algorithm.num_layers_unfrozen=0"], 1,
      ["num_layers_unfrozen=0", "-1 (train all layers)", "1..4"]),
     (["algorithm=ppo", "task.name=chess"], 1, ["task.name='chess'", "randomwalks"]),
@@ -132,7 +133,7 @@ BAD_CONFIGS = [
     (["algorithm=ppo", "task=randomwalks", "parallel=dp2", "algorithm.minibatches=2",
       "task.pretrain_batch_size=97"], 2,
      ["task.pretrain_batch_size=97", "data-parallel size 2", "multiple of 2"]),
-    (["algorithm=ppo", "train.lr_warmup_steps=8", "train.total_steps=2", "algorithm.ppo_epochs=2"], 1,
+    (["algorithm=ppo", "train.lr_warmup_steps=8", "train.total_steps=2", "algorithm.epochs=2"], 1,
      ["train.lr_warmup_steps=8", "4 optimizer steps"]),
 ]
 
@@ -290,14 +291,17 @@ def _numeric_fields(schema, prefix=""):
             yield f"{prefix}{f.name}", kind
 
 
-def test_every_numeric_field_has_a_range():
+@pytest.mark.parametrize("algorithm", ["ppo", "online_dpo", "rloo", "grpo"])
+def test_every_numeric_field_has_a_range(algorithm):
     """No numeric field is left unchecked: a huge negative number (and NaN for floats) in any
-    of them is rejected with the field named."""
-    from autorlhf_nemo.config.schema import RootConfig
+    of them is rejected with the field named (the algorithm's own fields included)."""
+    from autorlhf_nemo.config.schema import ALGORITHMS, RootConfig
 
-    base = to_container(compose_config(["algorithm=ppo", "task=randomwalks"]))
-    fields = list(_numeric_fields(RootConfig))
-    assert len(fields) > 60 and ("algorithm.kl_horizon", int) in fields and ("task.sampling.top_p", float) in fields
+    base = to_container(compose_config([f"algorithm={algorithm}", "task=randomwalks"]))
+    fields = [f for f in _numeric_fields(RootConfig) if not f[0].startswith("algorithm.")]
+    fields += list(_numeric_fields(ALGORITHMS[algorithm], "algorithm."))
+    assert len(fields) > 55 and ("task.sampling.top_p", float) in fields and ("task.graph_seed", int) in fields
+    assert ("algorithm.kl_horizon", int) in fields or algorithm != "ppo"
     for name, kind in fields:
         for bad in ([-10**9] if kind is int else [-1e9, float("nan")]):
             values = copy.deepcopy(base)
@@ -361,7 +365,7 @@ def test_python_api_custom_task_has_cheap_defaults(monkeypatch):
     assert values["task"]["name"] == "custom" and values["model"]["name"] == "smollm2_135m"
     assert values["task"]["chat_template"] and values["train"]["total_steps"] == 20
     a = values["algorithm"]
-    assert (values["train"]["micro_batch_size"], a["rollouts_per_step"], a["ppo_epochs"], a["minibatches"],
+    assert (values["train"]["micro_batch_size"], a["prompts_per_step"], a["epochs"], a["minibatches"],
             a["num_layers_unfrozen"], values["task"]["sampling"]["max_new_tokens"]) == (8, 16, 1, 1, 8, 32)
     validate_config(values, world_size=1)
     assert to_container(_api_config(monkeypatch, []))["model"]["name"] == "tiny_llama"   # the root default
@@ -371,4 +375,4 @@ def test_python_api_with_a_recipe_keeps_the_recipe(monkeypatch):
     values = to_container(_api_config(monkeypatch, ["recipe=llama3_8b_ppo", "model.hf_checkpoint=/models/x"]))
     a = values["algorithm"]
     assert values["task"]["name"] == "custom" and values["model"]["name"] == "llama3_8b"
-    assert (values["train"]["micro_batch_size"], a["rollouts_per_step"], a["num_layers_unfrozen"]) == (4, 256, -1)
+    assert (values["train"]["micro_batch_size"], a["prompts_per_step"], a["num_layers_unfrozen"]) == (4, 256, -1)

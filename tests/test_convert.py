@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from autorlhf_nemo.config.schema import ModelConfig
 from autorlhf_nemo.convert.hf_llama import _canonical, hf_config_from_model, model_config_from_hf
 from autorlhf_nemo.convert.reader import CheckpointReader
 from autorlhf_nemo.models.gpt import attention_mask, padded_vocab_size
@@ -33,7 +34,7 @@ def test_llama31_rope_scaling_and_round_trip_of_config():
     hf.pop("rope_parameters")
     m = model_config_from_hf(hf)
     assert m["rope_scaling_factor"] == 8.0 and m["rotary_base"] == 500000.0
-    back = hf_config_from_model(dict(m, params_dtype="bfloat16"))
+    back = hf_config_from_model(ModelConfig(**m, params_dtype="bfloat16"))
     assert back["rope_scaling"]["factor"] == 8.0
     assert model_config_from_hf(back)["num_query_groups"] == 3
 
@@ -57,11 +58,11 @@ def test_qwen2_config_has_qkv_biases_and_round_trips():
     assert m["add_qkv_bias"] and m["tie_word_embeddings"] and m["kv_channels"] == 64
     assert (m["rotary_base"], m["norm_epsilon"], m["num_query_groups"]) == (1e6, 1e-6, 2)
     assert not model_config_from_hf(SMOLLM2_HF)["add_qkv_bias"]
-    back = hf_config_from_model(dict(m, params_dtype="bfloat16"))
+    back = hf_config_from_model(ModelConfig(**m, params_dtype="bfloat16"))
     assert (back["model_type"], back["architectures"], back["use_sliding_window"]) == \
         ("qwen2", ["Qwen2ForCausalLM"], False)
     assert model_config_from_hf(back, "qwen2") == m
-    llama = hf_config_from_model(dict(model_config_from_hf(SMOLLM2_HF), params_dtype="float32"))
+    llama = hf_config_from_model(ModelConfig(**model_config_from_hf(SMOLLM2_HF), params_dtype="float32"))
     assert (llama["model_type"], llama["attention_bias"], llama["mlp_bias"]) == ("llama", False, False)
 
 

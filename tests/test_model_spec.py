@@ -13,7 +13,7 @@ import torch
 from megatron.core.models.gpt import gpt_layer_specs
 from megatron.core.transformer.enums import AttnMaskType
 
-from autorlhf_nemo.algorithms.ppo.step import make_ppo_batch, response_positions
+from autorlhf_nemo.algorithms.batch import make_sequence_batch, response_positions
 from autorlhf_nemo.models import gpt
 
 
@@ -50,14 +50,14 @@ def test_attention_mask_formats():
 
 
 def test_ppo_rows_put_real_tokens_first(monkeypatch):
-    """make_ppo_batch turns left-padded prompts into rows that read prompt, response,
+    """make_sequence_batch turns left-padded prompts into rows that read prompt, response,
     padding (what TE's padding mask needs), with per-token fields at their labels."""
     prompt_ids = torch.tensor([[0, 0, 7, 8], [5, 6, 7, 8]])
     prompt_mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
     response_ids = torch.tensor([[11, 12, 0], [21, 22, 23]])
     response_mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
     logprobs = torch.tensor([[-1.0, -2.0, 0.0], [-3.0, -4.0, -5.0]])
-    batch = make_ppo_batch(prompt_ids, prompt_mask, response_ids, response_mask, old_logprobs=logprobs)
+    batch = make_sequence_batch(prompt_ids, prompt_mask, response_ids, response_mask, old_logprobs=logprobs)
     assert batch["tokens"].tolist() == [[7, 8, 11, 12, 0, 0], [5, 6, 7, 8, 21, 22]]
     assert batch["labels"].tolist() == [[8, 11, 12, 0, 0, 0], [6, 7, 8, 21, 22, 23]]
     assert batch["loss_mask"].tolist() == [[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1]]
@@ -68,7 +68,7 @@ def test_ppo_rows_put_real_tokens_first(monkeypatch):
     assert torch.equal(batch["labels"].gather(1, positions) * response_mask, response_ids)
     # Where Transformer Engine is the spec, the same rows come with TE's mask, accepted as they are.
     monkeypatch.setattr(gpt, "transformer_engine_available", lambda: True)
-    te = make_ppo_batch(prompt_ids, prompt_mask, response_ids, response_mask)["attention_mask"]
+    te = make_sequence_batch(prompt_ids, prompt_mask, response_ids, response_mask)["attention_mask"]
     assert te.shape == (2, 1, 1, 6)
     assert te[:, 0, 0].tolist() == [[False, False, False, False, True, True], [False] * 6]
 
@@ -93,8 +93,8 @@ def test_fusion_flags_follow_the_kernels(monkeypatch):
 
 
 def test_transformer_config_on_this_machine_fuses_nothing():
-    from autorlhf_nemo.config.compose import compose_config
+    from autorlhf_nemo.config.compose import compose_typed_config
 
-    config = gpt.transformer_config(compose_config([]))
+    config = gpt.transformer_config(compose_typed_config([]))
     assert not (config.bias_activation_fusion or config.masked_softmax_fusion or config.apply_rope_fusion
                 or config.gradient_accumulation_fusion or config.persist_layer_norm)

@@ -23,7 +23,8 @@ import pytest
 from autorlhf_nemo.checkpoint import run_checkpoint
 from helpers import cli, cli_command, cli_env
 
-RANDOMWALKS = ["algorithm=ppo", "task=randomwalks", "logging.progress_bar=false"]
+# The figures asserted here are of the seed-1002 graph (the pretrained walker of conftest.py's too).
+RANDOMWALKS = ["algorithm=ppo", "task=randomwalks", "task.graph_seed=1002", "logging.progress_bar=false"]
 COMPARED = ("rollout/", "learn/", "kl_coef")
 
 
@@ -105,7 +106,7 @@ LAYOUTS = {"tp1": (1, []), "tp2": (2, ["parallel=tp2"]), "pp2": (2, ["parallel=p
 @pytest.fixture(scope="module")
 def invariance_runs(pretrained_walker, tmp_path_factory):
     """First 2 PPO steps from the same pretrained walker at every layout, with the randomwalks
-    defaults (128 rollouts, 4 epochs x 4 minibatches; micro-batches of 16 so that DP2 divides
+    defaults (128 prompts x 1 sample, 4 epochs x 4 minibatches; micro-batches of 16 so that DP2 divides
     them), under the device-discipline check
     (AUTORLHF_VIRTUAL_GPU: a host tensor meeting a device tensor, or handed to NCCL, raises)."""
     runs = {}

@@ -3,6 +3,7 @@ HF -> Megatron -> HF bit-identical with the biases, greedy generation token for 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -10,8 +11,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, Qwen2ForCausalLM
 
-from autorlhf_nemo.config.compose import compose_config
-from autorlhf_nemo.config.validate import to_container
+from autorlhf_nemo.config.compose import compose_typed_config
 from autorlhf_nemo.convert.hf_llama import check_checkpoint_biases, model_config_from_checkpoint
 from autorlhf_nemo.generation.engine import left_pad
 from helpers import torchrun
@@ -65,21 +65,26 @@ def test_tiny_qwen2_config_is_the_checkpoints(qwen2):
     from_checkpoint = model_config_from_checkpoint(qwen2.hf_dir, "tiny_qwen2")
     assert from_checkpoint["add_qkv_bias"] and from_checkpoint["tie_word_embeddings"]
     assert from_checkpoint["rotary_base"] == 1e6 and from_checkpoint["norm_epsilon"] == 1e-6
-    composed = to_container(compose_config(["model=tiny_qwen2"]))["model"]
+    composed = dataclasses.asdict(compose_typed_config(["model=tiny_qwen2"]).model)
     assert {k: composed[k] for k in from_checkpoint} == dict(from_checkpoint, kv_channels=None)
     assert from_checkpoint["kv_channels"] == TINY["hidden_size"] // TINY["num_attention_heads"]
+
+
+def _model(**fields):
+    """The tiny Qwen2's ModelConfig with ``fields`` changed."""
+    return dataclasses.replace(compose_typed_config(["model=tiny_qwen2"]).model, **fields)
 
 
 def test_checkpoint_biases_must_match_the_model():
     names = [f"model.layers.0.self_attn.{p}_proj.{k}" for p in "qkvo" for k in ("weight", "bias")
              if (p, k) != ("o", "bias")]
-    check_checkpoint_biases(names, {"add_qkv_bias": True})
+    check_checkpoint_biases(names, _model(add_qkv_bias=True))
     with pytest.raises(ValueError, match="set model.add_qkv_bias=true"):
-        check_checkpoint_biases(names, {"add_qkv_bias": False})
+        check_checkpoint_biases(names, _model(add_qkv_bias=False))
     with pytest.raises(ValueError, match="set model.add_qkv_bias=false"):
-        check_checkpoint_biases([n for n in names if n.endswith("weight")], {"add_qkv_bias": True})
+        check_checkpoint_biases([n for n in names if n.endswith("weight")], _model(add_qkv_bias=True))
     with pytest.raises(ValueError, match=r"cannot hold \(model.layers.0.self_attn.o_proj.bias\)"):
-        check_checkpoint_biases([*names, "model.layers.0.self_attn.o_proj.bias"], {"add_qkv_bias": True})
+        check_checkpoint_biases([*names, "model.layers.0.self_attn.o_proj.bias"], _model(add_qkv_bias=True))
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

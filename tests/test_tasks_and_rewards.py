@@ -13,11 +13,26 @@ from autorlhf_nemo.rewards import RewardFunctionError, score
 
 @pytest.fixture(scope="module")
 def walks():
-    return make_random_walks()
+    return make_random_walks(seed=1002)
+
+
+def test_randomwalks_default_is_trlx_benchmark_graph():
+    """trlX's examples pass config.train.seed = 1000: its walks score 0.35 optimality (56% reach the
+    goal, 7.7 nodes on average), while the best walk from each start node scores 0.99."""
+    walks = make_random_walks()
+    assert len(walks.walks) == 1000 and len(walks.prompts) == 20
+    assert np.mean(walks.optimality(walks.walks)) == pytest.approx(0.3515, abs=1e-4)
+    assert np.mean([w.endswith("a") for w in walks.walks]) == pytest.approx(0.56)
+    assert np.mean([len(w) for w in walks.walks]) == pytest.approx(7.735)
+    best = {}
+    for walk, value in zip(walks.walks, walks.optimality(walks.walks)):
+        best[walk[0]] = max(best.get(walk[0], 0.0), value)
+    assert np.mean(list(best.values())) == pytest.approx(0.9917, abs=1e-4)
 
 
 def test_randomwalks_matches_trlx_facts(walks):
-    # trlX's generator with seed 1002: 1000 walks scoring ~0.79, 98.5% reach the goal, ~4.9 nodes.
+    # trlX's generator with seed 1002 (the function's default): 1000 walks scoring ~0.79, 98.5% reach
+    # the goal, ~4.9 nodes.
     assert len(walks.walks) == 1000
     assert np.mean(walks.optimality(walks.walks)) == pytest.approx(0.790, abs=0.005)
     assert np.mean([w.endswith("a") for w in walks.walks]) == pytest.approx(0.985)
@@ -68,10 +83,10 @@ def test_reward_function_exception_names_the_offending_sample():
 
 
 def _custom_task(eval_prompts=None):
-    from autorlhf_nemo.config.compose import compose_config
+    from autorlhf_nemo.config.compose import compose_typed_config
     from autorlhf_nemo.tasks import build_task
 
-    cfg = compose_config(["algorithm=ppo", "task=custom", "model=smollm2_135m", "task.num_eval_prompts=2"])
+    cfg = compose_typed_config(["algorithm=ppo", "task=custom", "model=smollm2_135m", "task.num_eval_prompts=2"])
     return build_task(cfg, prompts=["p0", "p1", "p2"], reward_fn=lambda samples, **_: [0.0] * len(samples),
                       eval_prompts=eval_prompts)
 
@@ -87,11 +102,12 @@ def test_custom_task_without_eval_prompts_says_it_evaluates_on_training_prompts(
 def test_report_names_the_evaluation_prompts():
     from autorlhf_nemo.jobs import report
 
-    values = {"algorithm": {"name": "ppo"}, "task": {"name": "custom"},
-              "train": {"total_steps": 2}, "run_dir": "runs/x"}
+    from autorlhf_nemo.config.compose import compose_typed_config
+
+    cfg = compose_typed_config(["algorithm=ppo", "task=custom", "train.total_steps=2", "run_dir=runs/x"])
     summary = {"before": {"reward": 0.25, "samples": []}, "after": {"reward": 0.5, "samples": []},
                "history": [{"step": 1, "time/step": 3.0}], "wall_seconds": 60.0,
                "eval_prompts": "first 2 training prompts; no eval_prompts given"}
-    lines = report(summary, values).splitlines()
+    lines = report(summary, cfg).splitlines()
     assert "eval reward (first 2 training prompts; no eval_prompts given) before: 0.250" in lines
     assert "eval reward (first 2 training prompts; no eval_prompts given) after:  0.500  (change +0.250)" in lines

@@ -1,1 +1,29 @@
-"""RLHF algorithms: each a config, a loss and a model module."""
+"""RLHF algorithms on one loop (trainer.py): each a config dataclass (config/schema.py),
+a loss (a small pure function, <name>/loss.py) and a model module (<name>/model.py, an
+``OnlineModel``, algorithms/base.py).
+
+    ppo          value head, GAE, clipped policy and value losses, fixed/adaptive KL
+    online_dpo   chosen/rejected of each prompt's samples, DPO (sigmoid) or IPO loss
+    rloo         leave-one-out baseline, KL-penalised sequence reward, clipped sequence ratio
+    grpo         group-normalised advantages, per-token clipped ratio, k3 KL in the loss
+
+``model_class(name)`` imports the module lazily: NeMo is heavy to import, and the
+config and planner tools never need it.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_MODULES = {"ppo": "autorlhf_nemo.algorithms.ppo.model:PPOModel",
+            "online_dpo": "autorlhf_nemo.algorithms.online_dpo.model:OnlineDPOModel",
+            "rloo": "autorlhf_nemo.algorithms.rloo.model:RLOOModel",
+            "grpo": "autorlhf_nemo.algorithms.grpo.model:GRPOModel"}
+
+
+def model_class(name: str):
+    """The OnlineModel subclass of ``algorithm=<name>``."""
+    if name not in _MODULES:
+        raise ValueError(f"algorithm {name!r} is unknown: use one of {sorted(_MODULES)}")
+    module, attr = _MODULES[name].split(":")
+    return getattr(importlib.import_module(module), attr)

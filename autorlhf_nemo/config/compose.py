@@ -8,7 +8,7 @@ from typing import Sequence
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from autorlhf_nemo.config.schema import register_configs
+from autorlhf_nemo.config.schema import RootConfig, register_configs, typed_config
 
 
 def conf_dir() -> Path:
@@ -25,3 +25,9 @@ def compose_config(overrides: Sequence[str] = (), config_name: str = "config") -
     register_configs()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         return compose(config_name=config_name, overrides=list(overrides))
+
+
+def compose_typed_config(overrides: Sequence[str] = (), config_name: str = "config") -> RootConfig:
+    """``compose_config`` as the schema's objects (``typed_config``): what scripts and tools
+    that build models start from."""
+    return typed_config(compose_config(overrides, config_name))

@@ -112,12 +112,42 @@ class SamplingConfig:
 
 @dataclass
 class AlgorithmConfig:
-    """PPO (trlX / NeMo-Aligner defaults where they agree)."""
+    """What every online algorithm shares: the batch shape of a step, its optimizer steps,
+    the reference model and the penalty for completions without EOS.
+
+    A step draws ``prompts_per_step`` prompts (over all DP ranks) and samples each
+    ``samples_per_prompt`` times; the samples of a prompt stay together on one DP rank and
+    in one minibatch. ``epochs`` passes over the step's samples, ``minibatches`` optimizer
+    steps each: with epochs=1, minibatch i (from 1) trains i - 1 updates after the policy
+    that sampled it (the off-policy knob of Noukhovitch et al.: minibatches=1 is on-policy)."""
+
+    name: str = MISSING
+    prompts_per_step: int = 64
+    samples_per_prompt: int = 1
+    epochs: int = 1
+    minibatches: int = 1
+    # Reference model: top layers trained and copied for the reference; the frozen
+    # trunk below is shared. -1: all layers trained, the reference is a full copy.
+    num_layers_unfrozen: int = -1
+    # With a frozen trunk (and PP=1): run it once per rollout and reuse its output for the
+    # reference and every learning epoch (trlX's hydra forward); off: full forwards.
+    cache_frozen_trunk: bool = True
+    # Keep the full reference copy in CPU memory between uses (GPU runs).
+    offload_reference: bool = False
+    # A completion that ends without EOS: its score minus this (penalty_mode=subtract, TRL's
+    # semantics) or replaced by -missing_eos_penalty (replace, the asynchronous-RLHF paper's
+    # code with 1.0). None: no penalty.
+    missing_eos_penalty: Optional[float] = None
+    penalty_mode: str = "subtract"
+
+
+@dataclass
+class PPOConfig(AlgorithmConfig):
+    """PPO (trlX / NeMo-Aligner defaults where they agree): value head, GAE, clipped losses,
+    a fixed or adaptive KL penalty in the per-token reward."""
 
     name: str = "ppo"
-    rollouts_per_step: int = 64       # prompts sampled per step, over all DP ranks
-    ppo_epochs: int = 4
-    minibatches: int = 1              # optimizer steps per epoch
+    epochs: int = 4
     init_kl_coef: float = 0.05
     target_kl: Optional[float] = None  # adaptive KL controller when set, fixed otherwise
     kl_horizon: int = 10000
@@ -132,15 +162,57 @@ class AlgorithmConfig:
     clip_reward: Optional[float] = 10.0
     scale_reward: Optional[str] = None
     whiten_advantages: bool = True
-    # Reference model: top layers trained and copied for the reference; the frozen
-    # trunk below is shared. -1: all layers trained, the reference is a full copy.
-    num_layers_unfrozen: int = -1
-    # With a frozen trunk (and PP=1): run it once per rollout and reuse its output for the
-    # reference and every learning epoch (trlX's hydra forward); off: full forwards.
-    cache_frozen_trunk: bool = True
-    # Keep the full reference copy in CPU memory between uses (GPU runs).
-    offload_reference: bool = False
     value_head_seed: int = 1
+
+
+@dataclass
+class OnlineDPOConfig(AlgorithmConfig):
+    """Online DPO (Guo et al. 2024; the asynchronous-RLHF paper's most off-policy-robust
+    algorithm): of each prompt's samples the highest-scored is chosen, the lowest rejected;
+    a pair whose scores tie is dropped. No value head."""
+
+    name: str = "online_dpo"
+    samples_per_prompt: int = 2
+    beta: float = 0.1
+    # sigmoid: -log sigmoid(beta * margin) (DPO); ipo: (margin - 1 / (2 beta))^2 (IPO)
+    loss_type: str = "sigmoid"
+
+
+@dataclass
+class RLOOConfig(AlgorithmConfig):
+    """REINFORCE leave-one-out (Ahmadian et al. 2024, as in the asynchronous-RLHF paper's
+    code): sequence reward minus a KL penalty, the mean of the prompt's other samples as
+    baseline, a clipped ratio of sequence log-probs. No value head."""
+
+    name: str = "rloo"
+    samples_per_prompt: int = 4
+    kl_coef: float = 0.05
+    clip_ratio: float = 0.2
+    # Whiten the advantages over the step's samples (all DP ranks).
+    whiten_advantages: bool = False
+
+
+@dataclass
+class GRPOConfig(AlgorithmConfig):
+    """GRPO (Shao et al. 2024) with DAPO's clip-higher and token-level aggregation options:
+    group-normalised advantages, a per-token clipped ratio, the k3 KL estimate to the
+    reference in the loss. No value head."""
+
+    name: str = "grpo"
+    samples_per_prompt: int = 4
+    beta: float = 0.04
+    clip_low: float = 0.2
+    clip_high: float = 0.2              # DAPO's clip-higher: e.g. 0.28
+    epsilon: float = 1.0e-4             # in (r - mean) / (std + epsilon)
+    scale_rewards: bool = True          # false: advantages r - mean, not divided by the std
+    # token: sum over every token of the minibatch / its token count (DAPO);
+    # sequence: each sample's mean over its tokens, then the mean over samples (GRPO).
+    loss_aggregation: str = "token"
+
+
+# algorithm=<name> -> its schema (conf/algorithm/<name>.yaml composes onto it)
+ALGORITHMS: dict[str, type] = {"ppo": PPOConfig, "online_dpo": OnlineDPOConfig, "rloo": RLOOConfig,
+                               "grpo": GRPOConfig}
 
 
 @dataclass
@@ -160,6 +232,16 @@ class TaskConfig:
     pretrain_steps: int = 0
     pretrain_lr: float = 3.0e-3
     pretrain_batch_size: int = 96
+    # randomwalks: the seed of trlX's generate_random_walks. trlX's examples pass
+    # config.train.seed = 1000 (its benchmark as it ran: the walks score 0.35 optimality);
+    # 1002, the function's own default, gives an easier graph (0.79).
+    graph_seed: int = 1000
+    # Evaluation on the held-out prompts: greedy decoding, and one sampled pass per seed in
+    # eval_seeds at eval_temperature (None: task.sampling.temperature). eval/reward is the
+    # greedy figure when eval_greedy, else the mean of the sampled passes.
+    eval_greedy: bool = False
+    eval_temperature: Optional[float] = None
+    eval_seeds: list[int] = field(default_factory=lambda: [0])
 
 
 @dataclass
@@ -221,7 +303,8 @@ class RootConfig:
     model: ModelConfig = MISSING
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    # None: only the layout smoke job (parameter counts, LM loss); ppo: an RL run.
+    # None: only the layout smoke job (parameter counts, LM loss); an algorithm (ALGORITHMS,
+    # e.g. algorithm=ppo): an RL run. The group's schema is that algorithm's dataclass.
     algorithm: Optional[AlgorithmConfig] = None
     task: TaskConfig = field(default_factory=TaskConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -252,5 +335,30 @@ def register_configs() -> None:
     cs.store(name="base_config", node=RootConfig)
     cs.store(group="model", name="base_model", node=ModelConfig)
     cs.store(group="parallel", name="base_parallel", node=ParallelConfig)
-    cs.store(group="algorithm", name="base_algorithm", node=AlgorithmConfig)
+    for name, schema in ALGORITHMS.items():
+        cs.store(group="algorithm", name=f"base_{name}", node=schema)
     cs.store(group="task", name="base_task", node=TaskConfig)
+
+
+def typed_config(cfg) -> RootConfig:
+    """The run's configuration as the schema's objects (RootConfig, the algorithm's own
+    dataclass under ``algorithm``): converted once where a run or tool starts, then read
+    as attributes everywhere. Takes a composed DictConfig, a plain mapping or a RootConfig."""
+    from omegaconf import DictConfig
+    from omegaconf.errors import MissingMandatoryValue
+
+    if isinstance(cfg, RootConfig):
+        return cfg
+    if not isinstance(cfg, DictConfig):  # a plain mapping (tools, tests): onto the schemas
+        values = dict(cfg)
+        base = OmegaConf.structured(RootConfig)
+        algorithm = values.get("algorithm")
+        if algorithm is not None:
+            base.algorithm = OmegaConf.structured(ALGORITHMS[algorithm["name"]])
+        cfg = OmegaConf.merge(base, values)
+    try:
+        return OmegaConf.to_object(cfg)
+    except MissingMandatoryValue as error:
+        from autorlhf_nemo.config.validate import ConfigError
+
+        raise ConfigError([f"{error.full_key} has no value (???): set it, e.g. {error.full_key}=..."]) from None

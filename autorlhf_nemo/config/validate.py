@@ -16,7 +16,7 @@ from typing import Any, Mapping, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from autorlhf_nemo.config.schema import RootConfig
+from autorlhf_nemo.config.schema import ALGORITHMS, RootConfig
 
 _DTYPES = ("float32", "bfloat16", "float16")
 _BACKENDS = ("auto", "nccl", "gloo")
@@ -24,6 +24,9 @@ _OPTIMIZERS = ("adam", "sgd")
 _LR_DECAY_STYLES = ("constant", "linear", "cosine")
 _TASKS = ("randomwalks", "sentiment", "custom")
 _RECOMPUTE = (None, "selective", "full")
+_PENALTY_MODES = ("subtract", "replace")
+_DPO_LOSSES = ("sigmoid", "ipo")
+_LOSS_AGGREGATIONS = ("token", "sequence")
 
 
 class ConfigError(ValueError):
@@ -129,6 +132,8 @@ def _numeric_ranges(values: dict) -> dict[str, _Range]:
         "task.pretrain_steps": _at_least(0),
         "task.pretrain_lr": _above(0),
         "task.pretrain_batch_size": _at_least(1),
+        "task.graph_seed": _Range(0, 2**32 - 1, note="numpy's seed range"),
+        "task.eval_temperature": _above(0, nullable=True, note="null: task.sampling.temperature"),
         "checkpoint.save_every": _at_least(0, note="0: at the end only"),
         "checkpoint.keep_last": _at_least(1),
         "logging.num_samples": _at_least(0),
@@ -139,24 +144,29 @@ def _numeric_ranges(values: dict) -> dict[str, _Range]:
         "cluster.cpus_per_task": _at_least(1, nullable=True, note="null: the cluster's default"),
         "cluster.master_port": _Range(1, 65535),
     }
-    if values["algorithm"] is not None:
+    a = values["algorithm"]
+    if a is not None:
         ranges.update({
-            "algorithm.rollouts_per_step": _at_least(1),
-            "algorithm.ppo_epochs": _at_least(1),
+            "algorithm.prompts_per_step": _at_least(1),
+            "algorithm.samples_per_prompt": _at_least(1),
+            "algorithm.epochs": _at_least(1),
             "algorithm.minibatches": _at_least(1),
-            "algorithm.init_kl_coef": _at_least(0),
-            "algorithm.target_kl": _above(0, nullable=True, note="null for a fixed KL coefficient"),
-            "algorithm.kl_horizon": _at_least(1),
-            "algorithm.gamma": _Range(0, 1),
-            "algorithm.lam": _Range(0, 1),
-            "algorithm.clip_ratio": _above(0),
-            "algorithm.clip_value": _above(0),
-            "algorithm.vf_coef": _at_least(0),
-            "algorithm.entropy_coef": _at_least(0),
-            "algorithm.clip_reward": _above(0, nullable=True, note="null: no clipping"),
-            "algorithm.value_head_seed": _at_least(0),
+            "algorithm.missing_eos_penalty": _at_least(0, nullable=True, note="null: no penalty"),
             # num_layers_unfrozen (-1 or >= 1) is checked with the other algorithm rules.
         })
+        specific = {
+            "ppo": {"init_kl_coef": _at_least(0),
+                    "target_kl": _above(0, nullable=True, note="null for a fixed KL coefficient"),
+                    "kl_horizon": _at_least(1), "gamma": _Range(0, 1), "lam": _Range(0, 1),
+                    "clip_ratio": _above(0), "clip_value": _above(0), "vf_coef": _at_least(0),
+                    "entropy_coef": _at_least(0), "clip_reward": _above(0, nullable=True, note="null: no clipping"),
+                    "value_head_seed": _at_least(0)},
+            "online_dpo": {"beta": _above(0)},
+            "rloo": {"kl_coef": _at_least(0), "clip_ratio": _above(0)},
+            "grpo": {"beta": _at_least(0, note="0: no KL term"), "clip_low": _Range(0, 1, high_open=True),
+                     "clip_high": _above(0), "epsilon": _above(0)},
+        }.get(a["name"], {})
+        ranges.update({f"algorithm.{key}": rng for key, rng in specific.items()})
     return ranges
 
 
@@ -168,8 +178,8 @@ _LAYOUT_INPUTS = {
     "model.max_position_embeddings", "parallel.tensor_model_parallel_size",
     "parallel.pipeline_model_parallel_size", "parallel.context_parallel_size", "parallel.world_size",
     "train.micro_batch_size", "train.global_batch_size", "train.seq_length", "train.total_steps",
-    "train.lr_warmup_steps", "train.lr_decay_steps", "algorithm.rollouts_per_step", "algorithm.ppo_epochs",
-    "algorithm.minibatches", "task.pretrain_steps", "task.pretrain_batch_size",
+    "train.lr_warmup_steps", "train.lr_decay_steps", "algorithm.prompts_per_step", "algorithm.samples_per_prompt",
+    "algorithm.epochs", "algorithm.minibatches", "task.pretrain_steps", "task.pretrain_batch_size",
 }
 
 
@@ -186,10 +196,18 @@ def _range_problems(values: dict) -> dict[str, str]:
 
 
 def _unknown_keys(schema: type, values: Mapping[str, Any], prefix: str = "") -> list[str]:
-    """Dotted names of keys in ``values`` that the dataclass ``schema`` does not declare."""
+    """Dotted names of keys in ``values`` that the dataclass ``schema`` does not declare
+    (under ``algorithm``: the named algorithm's schema)."""
     fields = {f.name: f for f in dataclasses.fields(schema)}
     unknown = []
     for key, value in values.items():
+        if prefix == "algorithm." and key in fields:
+            continue
+        if prefix == "algorithm.":
+            owners = [n for n, other in ALGORITHMS.items() if key in {f.name for f in dataclasses.fields(other)}]
+            if owners:
+                unknown.append(foreign_option_message(key, values.get("name"), owners))
+                continue
         if key not in fields:
             close = [f for f in fields if f.startswith(str(key)[:3])]
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
@@ -199,9 +217,40 @@ def _unknown_keys(schema: type, values: Mapping[str, Any], prefix: str = "") -> 
             )
             continue
         sub_schema = typing.get_type_hints(schema)[key]
+        if prefix == "" and key == "algorithm" and isinstance(value, Mapping):
+            sub_schema = ALGORITHMS.get(value.get("name"))
+            if sub_schema is None:
+                unknown.append(f"algorithm.name={value.get('name')!r} is unknown: use one of {sorted(ALGORITHMS)} "
+                               f"(algorithm=<name>)")
+                continue
         if isinstance(value, Mapping) and dataclasses.is_dataclass(sub_schema):
             unknown += _unknown_keys(sub_schema, value, f"{prefix}{key}.")
     return unknown
+
+
+def foreign_option_message(key: str, algorithm: str | None, owners: list[str]) -> str:
+    """The problem of ``algorithm.<key>`` set for an algorithm that does not have it."""
+    return (f"algorithm.{key} is an option of {' and '.join(f'algorithm={o}' for o in owners)}, not of "
+            f"algorithm={algorithm}: remove it, or pick {' or '.join(f'algorithm={o}' for o in owners)}")
+
+
+def foreign_option_problems(overrides: list[str]) -> list[str]:
+    """Command-line overrides ``algorithm.<key>=...`` that name an option of another algorithm
+    than the one ``algorithm=<name>`` selects. Hydra would reject them as unknown keys (and
+    suggest adding them with '+'); this names the algorithm they belong to instead."""
+    chosen = [o.split("=", 1)[1] for o in overrides if o.startswith("algorithm=")]
+    if not chosen or chosen[-1] not in ALGORITHMS:
+        return []
+    own = {f.name for f in dataclasses.fields(ALGORITHMS[chosen[-1]])}
+    problems = []
+    for override in overrides:
+        if not override.startswith("algorithm.") or "=" not in override:
+            continue
+        key = override.split("=", 1)[0][len("algorithm."):]
+        owners = [n for n, other in ALGORITHMS.items() if key in {f.name for f in dataclasses.fields(other)}]
+        if key not in own and owners:
+            problems.append(foreign_option_message(key, chosen[-1], owners))
+    return problems
 
 
 def _launcher_world_size() -> Optional[int]:
@@ -209,9 +258,13 @@ def _launcher_world_size() -> Optional[int]:
     return int(value) if value else None
 
 
-def to_container(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+def to_container(cfg: DictConfig | Mapping[str, Any] | RootConfig) -> dict[str, Any]:
+    """Plain values of a config, for the rules below (which name fields by their dotted
+    names) and for loggers; the run itself reads the typed objects (``typed_config``)."""
     if isinstance(cfg, DictConfig):
         return OmegaConf.to_container(cfg, resolve=True)
+    if dataclasses.is_dataclass(cfg):
+        return dataclasses.asdict(cfg)
     return dict(cfg)
 
 
@@ -320,13 +373,8 @@ def validate_config(cfg: DictConfig | Mapping[str, Any], world_size: Optional[in
             dp = world // model_parallel
             step = t["micro_batch_size"] * dp
             a = values["algorithm"]
-            rollout_step = step * (a["minibatches"] if a else 1)
-            if a and a["rollouts_per_step"] % rollout_step:
-                problems.append(
-                    f"algorithm.rollouts_per_step={a['rollouts_per_step']} is not divisible by "
-                    f"train.micro_batch_size x data-parallel size x algorithm.minibatches = "
-                    f"{t['micro_batch_size']} x {dp} x {a['minibatches']} = {rollout_step}: use a "
-                    f"multiple of {rollout_step}")
+            if a:
+                problems += _batch_problems(a, t["micro_batch_size"], dp)
             pretrain_batch = values["task"]["pretrain_batch_size"]
             if _pretrains(values) and pretrain_batch % dp:
                 problems.append(
@@ -345,21 +393,67 @@ def _algorithm_problems(values: dict) -> list[str]:
     """Rules of an RL run (algorithm, task sections) beyond the numeric ranges."""
     a, t, task, m = values["algorithm"], values["train"], values["task"], values["model"]
     problems = []
-    if a["name"] != "ppo":
-        problems.append(f"algorithm.name={a['name']!r} is not available yet: use algorithm=ppo")
-    if a["scale_reward"] not in (None, "running"):
+    name = a["name"]
+    if name == "ppo" and a["scale_reward"] not in (None, "running"):
         problems.append(f"algorithm.scale_reward={a['scale_reward']!r}: use null or 'running'")
+    if name in ("online_dpo", "rloo", "grpo") and a["samples_per_prompt"] < 2:
+        problems.append(f"algorithm={name} compares the samples of a prompt: algorithm.samples_per_prompt="
+                        f"{a['samples_per_prompt']} must be at least 2")
+    if name == "online_dpo" and a["loss_type"] not in _DPO_LOSSES:
+        problems.append(f"algorithm.loss_type={a['loss_type']!r}: use one of {_DPO_LOSSES}")
+    if name == "grpo" and a["loss_aggregation"] not in _LOSS_AGGREGATIONS:
+        problems.append(f"algorithm.loss_aggregation={a['loss_aggregation']!r}: use one of {_LOSS_AGGREGATIONS}")
+    if a["penalty_mode"] not in _PENALTY_MODES:
+        problems.append(f"algorithm.penalty_mode={a['penalty_mode']!r}: use one of {_PENALTY_MODES}")
     if a["num_layers_unfrozen"] < -1 or a["num_layers_unfrozen"] == 0:
         problems.append(f"algorithm.num_layers_unfrozen={a['num_layers_unfrozen']}: use -1 (train all "
                         f"layers) or 1..{m['num_layers']} (train the top layers, share the frozen trunk)")
     if task["name"] not in _TASKS:
         problems.append(f"task.name={task['name']!r}: use one of {_TASKS} (task=randomwalks, task=sentiment)")
-    decay_steps = t["lr_decay_steps"] or t["total_steps"] * a["ppo_epochs"] * a["minibatches"]
+    if task["sampling"]["temperature"] == 0:
+        problems.append("task.sampling.temperature=0 samples greedily: an RL run needs samples that differ; "
+                        "use a temperature > 0 (evaluations decode greedily with task.eval_greedy=true)")
+    if not task["eval_greedy"] and not task["eval_seeds"]:
+        problems.append("task.eval_greedy=false with no task.eval_seeds evaluates nothing: set one of them")
+    decay_steps = t["lr_decay_steps"] or t["total_steps"] * a["epochs"] * a["minibatches"]
     if t["lr_warmup_steps"] >= decay_steps:  # Megatron's scheduler asserts warm-up < decay
         decay = (f"train.lr_decay_steps={decay_steps}" if t["lr_decay_steps"] else
-                 f"the run's {decay_steps} optimizer steps (total_steps x ppo_epochs x minibatches)")
+                 f"the run's {decay_steps} optimizer steps (total_steps x epochs x minibatches)")
         problems.append(f"train.lr_warmup_steps={t['lr_warmup_steps']} must be below {decay}: shorten the "
                         f"warm-up or lengthen the decay")
+    return problems
+
+
+def learner_rows_per_prompt(algorithm: str, samples_per_prompt: int) -> int:
+    """Rows of the learner batch per prompt: online DPO keeps a chosen and a rejected one."""
+    return 2 if algorithm == "online_dpo" else samples_per_prompt
+
+
+def _batch_problems(a: dict, micro_batch_size: int, dp: int) -> list[str]:
+    """A step's prompts split into equal whole-prompt shares: DP ranks x minibatches; each
+    share's learner rows (and each rank's rollouts) in whole micro-batches; online DPO's
+    pairs never split across micro-batches."""
+    prompts, k, minibatches = a["prompts_per_step"], a["samples_per_prompt"], a["minibatches"]
+    problems = []
+    shares = dp * minibatches
+    if prompts % shares:
+        problems.append(
+            f"algorithm.prompts_per_step={prompts} is not divisible by the data-parallel size x "
+            f"algorithm.minibatches = {dp} x {minibatches} = {shares}: the samples of a prompt stay on one "
+            f"rank and in one minibatch; use a multiple of {shares}")
+        return problems
+    per_prompt = learner_rows_per_prompt(a["name"], k)
+    rows = prompts // shares * per_prompt
+    rollouts = prompts // dp * k
+    if rows % micro_batch_size or rollouts % micro_batch_size:
+        problems.append(
+            f"algorithm.prompts_per_step={prompts} gives each data-parallel rank {rollouts} samples and each of "
+            f"its {minibatches} minibatches {rows} learner rows (prompts_per_step / (DP {dp} x minibatches "
+            f"{minibatches}) x {per_prompt}), which train.micro_batch_size={micro_batch_size} "
+            f"does not divide: use a micro-batch size that divides {math.gcd(rows, rollouts)}, or more prompts per step")
+    if a["name"] == "online_dpo" and micro_batch_size % 2:
+        problems.append(f"algorithm=online_dpo trains on (chosen, rejected) pairs, which a micro-batch must hold "
+                        f"whole: train.micro_batch_size={micro_batch_size} must be even")
     return problems
 
 

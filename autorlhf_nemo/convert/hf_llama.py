@@ -35,6 +35,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from safetensors.torch import save_file
 
+from autorlhf_nemo.config.schema import ModelConfig
 from autorlhf_nemo.convert.reader import CheckpointReader, read_hf_config
 
 # Transformer Engine fuses the norms into the following linear layer.
@@ -111,34 +112,34 @@ def model_config_from_hf(hf: Mapping[str, Any], name: str = "hf_model") -> dict[
     }
 
 
-def hf_config_from_model(m: Mapping[str, Any]) -> dict[str, Any]:
+def hf_config_from_model(m: ModelConfig) -> dict[str, Any]:
     """A config dict that transformers loads, from ModelConfig fields: Qwen2 when the
     model has q/k/v biases (``add_qkv_bias``), Llama otherwise."""
-    head_dim = m["kv_channels"] or m["hidden_size"] // m["num_attention_heads"]
+    head_dim = m.kv_channels or m.hidden_size // m.num_attention_heads
     config = {
-        "hidden_size": m["hidden_size"],
-        "intermediate_size": m["ffn_hidden_size"],
-        "num_hidden_layers": m["num_layers"],
-        "num_attention_heads": m["num_attention_heads"],
-        "num_key_value_heads": m["num_query_groups"],
+        "hidden_size": m.hidden_size,
+        "intermediate_size": m.ffn_hidden_size,
+        "num_hidden_layers": m.num_layers,
+        "num_attention_heads": m.num_attention_heads,
+        "num_key_value_heads": m.num_query_groups,
         "head_dim": head_dim,
-        "vocab_size": m["vocab_size"],
-        "max_position_embeddings": m["max_position_embeddings"],
-        "rms_norm_eps": m["norm_epsilon"],
-        "rope_theta": m["rotary_base"],
-        "tie_word_embeddings": m["tie_word_embeddings"],
+        "vocab_size": m.vocab_size,
+        "max_position_embeddings": m.max_position_embeddings,
+        "rms_norm_eps": m.norm_epsilon,
+        "rope_theta": m.rotary_base,
+        "tie_word_embeddings": m.tie_word_embeddings,
         "hidden_act": "silu",
-        "torch_dtype": m.get("params_dtype", "float32"),
+        "torch_dtype": m.params_dtype,
     }
-    if m.get("add_qkv_bias"):
+    if m.add_qkv_bias:
         config.update(architectures=["Qwen2ForCausalLM"], model_type="qwen2", use_sliding_window=False,
-                      sliding_window=None, max_window_layers=m["num_layers"])
+                      sliding_window=None, max_window_layers=m.num_layers)
     else:
         config.update(architectures=["LlamaForCausalLM"], model_type="llama", attention_bias=False,
                       mlp_bias=False)
-    if m.get("rope_scaling_factor"):
+    if m.rope_scaling_factor:
         config["rope_scaling"] = {
-            "rope_type": "llama3", "factor": m["rope_scaling_factor"], "low_freq_factor": 1.0,
+            "rope_type": "llama3", "factor": m.rope_scaling_factor, "low_freq_factor": 1.0,
             "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
     return config
 
@@ -147,12 +148,12 @@ def hf_config_from_model(m: Mapping[str, Any]) -> dict[str, Any]:
 class _Geometry:
     """Head/row arithmetic for one TP rank."""
 
-    def __init__(self, m: Mapping[str, Any], tp_rank: int, tp_size: int):
-        self.heads, self.groups = m["num_attention_heads"], m["num_query_groups"]
-        self.head_dim = m["kv_channels"] or m["hidden_size"] // self.heads
+    def __init__(self, m: ModelConfig, tp_rank: int, tp_size: int):
+        self.heads, self.groups = m.num_attention_heads, m.num_query_groups
+        self.head_dim = m.kv_channels or m.hidden_size // self.heads
         self.heads_per_group = self.heads // self.groups
-        self.ffn = m["ffn_hidden_size"]
-        self.vocab = m["vocab_size"]
+        self.ffn = m.ffn_hidden_size
+        self.vocab = m.vocab_size
         self.tp_rank, self.tp_size = tp_rank, tp_size
 
     def shard(self, total: int) -> tuple[int, int]:
@@ -234,7 +235,7 @@ def _fused_qkv(reader: CheckpointReader, prefix: str, kind: str, geo: _Geometry)
 _QKV_BIAS = re.compile(r"model\.layers\.\d+\.self_attn\.[qkv]_proj\.bias")
 
 
-def check_checkpoint_biases(names, model_cfg: Mapping[str, Any]) -> None:
+def check_checkpoint_biases(names, model_cfg: ModelConfig) -> None:
     """The checkpoint's bias tensors (HF ``names``) must be exactly those the model holds:
     none, or q/k/v projection biases (Qwen2) when ``model.add_qkv_bias`` is set."""
     biases = [n for n in names if n.endswith(".bias")]
@@ -244,17 +245,17 @@ def check_checkpoint_biases(names, model_cfg: Mapping[str, Any]) -> None:
         raise ValueError(f"the Hugging Face checkpoint has biases the model cannot hold ({', '.join(other[:3])}"
                          f"{', ...' if len(other) > 3 else ''}): only Qwen2's q/k/v projection biases "
                          "are supported")
-    if qkv and not model_cfg["add_qkv_bias"]:
+    if qkv and not model_cfg.add_qkv_bias:
         raise ValueError(f"the Hugging Face checkpoint has q/k/v projection biases ({qkv[0]}, ...; Qwen2) "
                          "but model.add_qkv_bias is false, so they would be dropped: set "
                          "model.add_qkv_bias=true")
-    if model_cfg["add_qkv_bias"] and not qkv:
+    if model_cfg.add_qkv_bias and not qkv:
         raise ValueError("model.add_qkv_bias is true but the Hugging Face checkpoint has no q/k/v "
                          "projection biases: set model.add_qkv_bias=false for a Llama checkpoint")
 
 
 @torch.no_grad()
-def load_hf_checkpoint(model, source, model_cfg: Mapping[str, Any]) -> None:
+def load_hf_checkpoint(model, source, model_cfg: ModelConfig) -> None:
     """Fill this rank's GPTModel chunk from an HF checkpoint (dir or state dict).
 
     Every parameter of the chunk must be covered, and shapes must match; the
@@ -269,7 +270,7 @@ def load_hf_checkpoint(model, source, model_cfg: Mapping[str, Any]) -> None:
         match = _LAYER_NAME.fullmatch(canonical)
         layer = _global_layer_index(model, int(match.group(1))) if match else None
         tensor = _hf_tensor_for(reader, canonical, layer, geo, padded_vocab,
-                                model_cfg["tie_word_embeddings"])
+                                model_cfg.tie_word_embeddings)
         if tensor.shape != param.shape:
             raise ValueError(
                 f"shape mismatch for {name}: checkpoint gives {tuple(tensor.shape)}, model has "
@@ -321,7 +322,7 @@ def _hf_tensors_from(canonical: str, full: torch.Tensor, layer: int | None, geo:
 
 
 @torch.no_grad()
-def hf_state_dict_of_stage(model, model_cfg: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+def hf_state_dict_of_stage(model, model_cfg: ModelConfig) -> dict[str, torch.Tensor]:
     """HF-named full tensors of this pipeline stage, on the host (collective over the TP group)."""
     geo = _Geometry(model_cfg, parallel_state.get_tensor_model_parallel_rank(),
                     parallel_state.get_tensor_model_parallel_world_size())
@@ -331,7 +332,7 @@ def hf_state_dict_of_stage(model, model_cfg: Mapping[str, Any]) -> dict[str, tor
         layer = _global_layer_index(model, int(match.group(1))) if match else None
         full = _gather_tp(param)
         for hf_name, tensor in _hf_tensors_from(canonical, full, layer, geo,
-                                                model_cfg["tie_word_embeddings"]).items():
+                                                model_cfg.tie_word_embeddings).items():
             out[hf_name] = tensor.to("cpu", copy=True).contiguous()  # files and object collectives
     return out
 
@@ -342,7 +343,7 @@ def _is_stage_writer() -> bool:
             and parallel_state.get_tensor_model_parallel_rank() == 0)
 
 
-def gather_hf_state_dict(model, model_cfg: Mapping[str, Any]) -> dict[str, torch.Tensor] | None:
+def gather_hf_state_dict(model, model_cfg: ModelConfig) -> dict[str, torch.Tensor] | None:
     """The whole model as an HF state dict on global rank 0 (None elsewhere).
 
     Collective over all ranks; meant for small models and tests (big models:
@@ -360,7 +361,7 @@ def gather_hf_state_dict(model, model_cfg: Mapping[str, Any]) -> dict[str, torch
     return merged
 
 
-def export_hf_checkpoint(model, model_cfg: Mapping[str, Any], out_dir: str | Path,
+def export_hf_checkpoint(model, model_cfg: ModelConfig, out_dir: str | Path,
                          tokenizer_dir: str | Path | None = None) -> Path | None:
     """Write an HF checkpoint (config.json + safetensors) that transformers loads.
 

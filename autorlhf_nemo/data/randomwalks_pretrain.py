@@ -9,9 +9,8 @@ engine (Megatron schedules + optimizer); returns the model and its loss curve.
 from __future__ import annotations
 
 import torch
-from omegaconf import OmegaConf
 
-from autorlhf_nemo.config.validate import to_container
+from autorlhf_nemo.config.schema import RootConfig
 from autorlhf_nemo.data.randomwalks import EOS, RandomWalks, encode
 from autorlhf_nemo.models.gpt import build_model
 from autorlhf_nemo.training.batching import data_parallel_microbatches
@@ -42,19 +41,16 @@ def pretrain_micro_batch_size(batch_size: int, dp_size: int, micro_batch_size: i
     return micro_batch_size if share % micro_batch_size == 0 else share
 
 
-def pretrain(cfg, runtime, task: RandomWalks, steps: int, batch_size: int, log_every: int = 0,
+def pretrain(cfg: RootConfig, runtime, task: RandomWalks, steps: int, batch_size: int, log_every: int = 0,
              lr: float | None = None):
     """Train a fresh ``cfg.model`` on ``task.walks``, ``batch_size`` walks per step over all
     data-parallel ranks (learning rate ``lr`` or ``cfg.train.lr``); returns (DDP model, [loss per step])."""
-    values = to_container(cfg)
-    if lr is not None:
-        cfg = OmegaConf.merge(cfg, {"train": {"lr": lr}})
-    vocab = values["model"]["vocab_size"]
-    micro_size = pretrain_micro_batch_size(batch_size, runtime.dp_size, values["train"]["micro_batch_size"])
+    vocab = cfg.model.vocab_size
+    micro_size = pretrain_micro_batch_size(batch_size, runtime.dp_size, cfg.train.micro_batch_size)
     model = wrap_for_training(build_model(cfg), cfg)
-    optimizer = build_optimizer(model, cfg)
+    optimizer = build_optimizer(model, cfg, lr=lr)
     tokens, mask = walk_tokens(task)
-    generator = torch.Generator().manual_seed(values["train"]["seed"])
+    generator = torch.Generator().manual_seed(cfg.train.seed)
     step_fn = lm_forward_step(vocab)
     losses = []
     for step in range(steps):

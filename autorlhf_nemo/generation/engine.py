@@ -77,6 +77,13 @@ class GenerationOutput:
         return dataclasses.replace(self, **{f.name: getattr(self, f.name).clone()
                                             for f in dataclasses.fields(self) if f.name != "stop_reasons"})
 
+    def select(self, rows: Sequence[int]) -> "GenerationOutput":
+        """The output rows ``rows``, in that order (e.g. a chosen and a rejected sample per prompt)."""
+        index = torch.tensor(list(rows), dtype=torch.long, device=self.response_ids.device)
+        return dataclasses.replace(self, **{f.name: getattr(self, f.name).index_select(0, index)
+                                            for f in dataclasses.fields(self) if f.name != "stop_reasons"},
+                                   stop_reasons=[self.stop_reasons[r] for r in rows])
+
     def responses(self) -> list[list[int]]:
         """The response tokens of each row, on the host (for decoding into text)."""
         ids, mask = self.response_ids.cpu(), self.response_mask.cpu()
@@ -156,8 +163,16 @@ class Generator:
 
     # ----------------------------------------------------------------- public
     @torch.no_grad()
-    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> GenerationOutput:
-        params.validate(max(len(p) for p in prompts), self.max_positions, self.vocab_size, len(prompts))
+    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams,
+                 samples_per_prompt: int = 1) -> GenerationOutput:
+        """Sample ``samples_per_prompt`` continuations of every prompt: rows
+        ``i * samples_per_prompt ...`` of the output are prompt i's. The samples of a prompt
+        share one prefill: its keys/values are computed once and copied to each sample's
+        rows of the cache. ``params.row_seeds`` then has one seed per output row."""
+        if samples_per_prompt < 1:
+            raise ValueError(f"samples_per_prompt={samples_per_prompt} must be >= 1")
+        params.validate(max(len(p) for p in prompts), self.max_positions, self.vocab_size,
+                        len(prompts) * samples_per_prompt)
         if params.stop_strings and self.tokenizer is None:
             raise ValueError("stop_strings need a tokenizer: Generator(..., tokenizer=...)")
         prompt_ids, prompt_mask = left_pad(prompts, self.pad_token_id)
@@ -166,7 +181,7 @@ class Generator:
         try:
             # inference_mode: cheaper per-op dispatch than no_grad (decode runs ~1000 small ops a step)
             with sequence_parallel_disabled(self.model), native_torch(), torch.inference_mode():
-                out = self._generate(prompt_ids, prompt_mask, params, self.rope)
+                out = self._generate(prompt_ids, prompt_mask, params, self.rope, samples_per_prompt)
             return out.cloned()  # ordinary tensors: learners may modify them in place or use them in autograd
         finally:
             self.model.train(was_training)
@@ -178,18 +193,29 @@ class Generator:
             self.packed.invalidate(weights)
 
     # ----------------------------------------------------------------- loop
-    def _generate(self, prompt_ids, prompt_mask, params: SamplingParams, rope) -> GenerationOutput:
+    def _generate(self, prompt_ids, prompt_mask, params: SamplingParams, rope,
+                  samples_per_prompt: int = 1) -> GenerationOutput:
         """The decode loop. Everything stays on the device; the host is asked one bool per
-        step (whether every row has stopped), and only when a stop criterion is set."""
+        step (whether every row has stopped), and only when a stop criterion is set.
+        The prefill runs once per prompt; its cache, last logits and masks are then
+        repeated ``samples_per_prompt`` times for the decode steps."""
         dev = self.device
         prompt_ids, prompt_mask = prompt_ids.to(dev), prompt_mask.to(dev)
-        b, prompt_len = prompt_ids.shape
+        n, prompt_len = prompt_ids.shape
         steps = params.max_new_tokens
-        cache = KVCache(len(self.model.decoder.layers), b, self._local_kv_heads(), prompt_len + steps,
+        cache = KVCache(len(self.model.decoder.layers), n, self._local_kv_heads(), prompt_len + steps,
                         self.config.kv_channels, self.config.params_dtype, dev)
-        key_valid = torch.ones(b, prompt_len + steps, dtype=torch.bool, device=dev)
-        key_valid[:, :prompt_len] = prompt_mask.bool()
         positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
+        key_valid = torch.ones(n, prompt_len + steps, dtype=torch.bool, device=dev)
+        key_valid[:, :prompt_len] = prompt_mask.bool()
+        logits = self._stage_forward(prompt_ids, positions, rope, cache, key_valid)  # the prefill
+        if samples_per_prompt > 1:
+            cache.repeat_rows(samples_per_prompt)
+            prompt_ids, prompt_mask, key_valid, positions = (
+                t.repeat_interleave(samples_per_prompt, dim=0) for t in (prompt_ids, prompt_mask, key_valid, positions))
+            if logits is not None:
+                logits = logits.repeat_interleave(samples_per_prompt, dim=0)
+        b = n * samples_per_prompt
         generators = self._sampling_generators(params, b)
         vp = VocabParallel(parallel_state.get_tensor_model_parallel_group(),
                            parallel_state.get_tensor_model_parallel_rank() * self._vocab_shard(),
@@ -203,7 +229,6 @@ class Generator:
         reasons = torch.full((b,), _LENGTH, dtype=torch.long, device=dev)
         done = torch.zeros(b, dtype=torch.bool, device=dev)
 
-        logits = self._stage_forward(prompt_ids, positions, rope, cache, key_valid)
         positions = positions[:, -1:]
         for t in range(steps):
             step = torch.zeros(b, 3, dtype=torch.float64, device=dev)  # token, logp, processed logp

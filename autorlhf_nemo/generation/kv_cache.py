@@ -25,3 +25,10 @@ class KVCache:
 
     def advance(self, steps: int) -> None:
         self.length += steps
+
+    def repeat_rows(self, repeats: int) -> None:
+        """Each row ``repeats`` times in a row (row i becomes rows i*repeats .. i*repeats +
+        repeats - 1): the samples of a prompt share the keys/values of its one prefill."""
+        if repeats > 1:
+            self.keys = self.keys.repeat_interleave(repeats, dim=1)
+            self.values = self.values.repeat_interleave(repeats, dim=1)

@@ -18,7 +18,6 @@ import os
 import shutil
 import sysconfig
 from pathlib import Path
-from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +33,7 @@ from megatron.core.transformer.transformer_block import (
 )
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from autorlhf_nemo.config.validate import to_container
+from autorlhf_nemo.config.schema import ModelConfig, RootConfig
 from autorlhf_nemo.models.norm import RMSNorm
 from autorlhf_nemo.parallel.runtime import compute_device
 
@@ -95,34 +94,33 @@ def padded_vocab_size(vocab_size: int, divisible_by: int) -> int:
     return -(-vocab_size // divisible_by) * divisible_by
 
 
-def transformer_config(cfg: Mapping[str, Any] | Any, use_te: bool | None = None) -> TransformerConfig:
+def transformer_config(cfg: RootConfig, use_te: bool | None = None) -> TransformerConfig:
     """TransformerConfig for ``cfg.model`` at layout ``cfg.parallel`` (``use_te``: the layer
     spec it serves; default: Transformer Engine where it imports)."""
-    values = to_container(cfg)
     if use_te is None:
         use_te = transformer_engine_available()
-    m, p, recompute = values["model"], values["parallel"], values["train"]["recompute"]
-    dtype = DTYPES[m["params_dtype"]]
+    m, p, recompute = cfg.model, cfg.parallel, cfg.train.recompute
+    dtype = DTYPES[m.params_dtype]
     return TransformerConfig(
-        num_layers=m["num_layers"],
-        hidden_size=m["hidden_size"],
-        ffn_hidden_size=m["ffn_hidden_size"],
-        num_attention_heads=m["num_attention_heads"],
-        num_query_groups=m["num_query_groups"],
-        kv_channels=m["kv_channels"] or m["hidden_size"] // m["num_attention_heads"],
+        num_layers=m.num_layers,
+        hidden_size=m.hidden_size,
+        ffn_hidden_size=m.ffn_hidden_size,
+        num_attention_heads=m.num_attention_heads,
+        num_query_groups=m.num_query_groups,
+        kv_channels=m.kv_channels or m.hidden_size // m.num_attention_heads,
         normalization="RMSNorm",
-        layernorm_epsilon=m["norm_epsilon"],
+        layernorm_epsilon=m.norm_epsilon,
         gated_linear_unit=True,
         activation_func=F.silu,
         add_bias_linear=False,
-        add_qkv_bias=m["add_qkv_bias"],
+        add_qkv_bias=m.add_qkv_bias,
         hidden_dropout=0.0,
         attention_dropout=0.0,
-        init_method_std=m["init_method_std"],
-        tensor_model_parallel_size=p["tensor_model_parallel_size"],
-        pipeline_model_parallel_size=p["pipeline_model_parallel_size"],
-        context_parallel_size=p["context_parallel_size"],
-        sequence_parallel=p["sequence_parallel"],
+        init_method_std=m.init_method_std,
+        tensor_model_parallel_size=p.tensor_model_parallel_size,
+        pipeline_model_parallel_size=p.pipeline_model_parallel_size,
+        context_parallel_size=p.context_parallel_size,
+        sequence_parallel=p.sequence_parallel,
         params_dtype=dtype,
         pipeline_dtype=dtype,
         bf16=dtype == torch.bfloat16,
@@ -169,7 +167,7 @@ def attention_mask(padding_mask: torch.Tensor, use_te: bool | None = None) -> to
     Local spec: [b, 1, s, s], position i attends to real tokens j <= i (any padding).
     Transformer Engine: [b, 1, 1, s], True on padding; TE applies the causal part itself
     and its fused attention reads the mask as sequence lengths, so the real tokens of
-    each row must come first (right padding, as ``make_ppo_batch`` lays rows out).
+    each row must come first (right padding, as ``algorithms.batch.make_sequence_batch`` lays rows out).
     ``use_te`` defaults to what ``build_model`` builds by default: pass the same value
     to both when choosing a spec by hand (a local-spec model given TE's mask would
     attend without the causal part)."""
@@ -186,7 +184,7 @@ def attention_mask(padding_mask: torch.Tensor, use_te: bool | None = None) -> to
     return ~(causal[None] & real[:, None, :]).unsqueeze(1)
 
 
-def build_model(cfg: Mapping[str, Any] | Any, use_te: bool | None = None, on_meta: bool = False) -> GPTModel:
+def build_model(cfg: RootConfig, use_te: bool | None = None, on_meta: bool = False) -> GPTModel:
     """The GPTModel chunk of the current rank (its pipeline stage, its TP shard).
 
     Needs Megatron's parallel state (see ``parallel.runtime.initialize``).
@@ -194,34 +192,32 @@ def build_model(cfg: Mapping[str, Any] | Any, use_te: bool | None = None, on_met
     ``on_meta``: shapes only, no memory (the planner); always the local spec, whose
     parameter shapes equal Transformer Engine's and which never touches a GPU.
     """
-    values = to_container(cfg)
-    m = values["model"]
     if use_te is None:
         use_te = transformer_engine_available() and not on_meta
-    config = transformer_config(values, use_te)
+    config = transformer_config(cfg, use_te)
     if on_meta:
         # Megatron's GPU path allocates on the current CUDA device explicitly; its CPU
         # path follows the default device, which the meta context sets (initialisation
         # stays on: it is what marks parameters as tensor-parallel, and costs nothing on meta).
         config.use_cpu_initialization = True
         with torch.device("meta"):
-            return _gpt_model(config, m, use_te=False)
-    return _gpt_model(config, m, use_te).to(compute_device())
+            return _gpt_model(config, cfg.model, use_te=False)
+    return _gpt_model(config, cfg.model, use_te).to(compute_device())
 
 
-def _gpt_model(config: TransformerConfig, m: Mapping[str, Any], use_te: bool | None) -> GPTModel:
+def _gpt_model(config: TransformerConfig, m: ModelConfig, use_te: bool | None) -> GPTModel:
     return GPTModel(
         config=config,
         transformer_layer_spec=layer_spec(config, use_te),
-        vocab_size=padded_vocab_size(m["vocab_size"], m["make_vocab_size_divisible_by"]),
-        max_sequence_length=m["max_position_embeddings"],
+        vocab_size=padded_vocab_size(m.vocab_size, m.make_vocab_size_divisible_by),
+        max_sequence_length=m.max_position_embeddings,
         pre_process=parallel_state.is_pipeline_first_stage(),
         post_process=parallel_state.is_pipeline_last_stage(),
         parallel_output=True,
-        share_embeddings_and_output_weights=m["tie_word_embeddings"],
+        share_embeddings_and_output_weights=m.tie_word_embeddings,
         position_embedding_type="rope",
-        rotary_base=m["rotary_base"],
-        rope_scaling=m["rope_scaling_factor"] is not None,
-        rope_scaling_factor=m["rope_scaling_factor"] or 8.0,
+        rotary_base=m.rotary_base,
+        rope_scaling=m.rope_scaling_factor is not None,
+        rope_scaling_factor=m.rope_scaling_factor or 8.0,
         pg_collection=ProcessGroupCollection.use_mpu_process_groups(),
     )

@@ -1,9 +1,10 @@
-"""Policy with a value head: a GPTModel chunk plus, on the last pipeline stage,
-a tensor-parallel ValueHead reading the final-norm hidden states.
+"""The trained policy: a GPTModel chunk plus, for algorithms with a critic (PPO), a
+tensor-parallel ValueHead on the last pipeline stage reading the final-norm hidden states.
 
     forward(tokens, position_ids, attention_mask)
-        not last stage: hidden states [s, b, H] (sent on by Megatron's schedule)
-        last stage:     (logits [b, s, V/tp], values [b, s] fp32)
+        not last stage:          hidden states [s, b, H] (sent on by Megatron's schedule)
+        last stage, no head:     logits [b, s, V/tp]
+        last stage, value head:  (logits [b, s, V/tp], values [b, s] fp32)
 
 Megatron's DDP, optimizer and schedules see one module, so the head's
 parameters are trained, all-reduced and checkpointed with the trunk's.
@@ -16,13 +17,15 @@ from megatron.core.transformer.module import MegatronModule
 from autorlhf_nemo.models.heads import ValueHead
 
 
-class PolicyValueModel(MegatronModule):
-    def __init__(self, gpt, value_head_seed: int = 0):
+class PolicyModel(MegatronModule):
+    def __init__(self, gpt, value_head_seed: int | None = None):
+        """``value_head_seed``: build a value head (initialised from this seed); None: no head."""
         super().__init__(gpt.config)
         self.gpt = gpt
         self.model_type = gpt.model_type  # read by Megatron's schedules
         self.value_head = None
-        if gpt.post_process:  # on the trunk's device (Megatron builds CPU-initialised layers on the host)
+        if value_head_seed is not None and gpt.post_process:
+            # on the trunk's device (Megatron builds CPU-initialised layers on the host)
             self.value_head = ValueHead(gpt.config, seed=value_head_seed).to(next(gpt.parameters()).device)
 
     def set_input_tensor(self, input_tensor) -> None:

@@ -103,7 +103,7 @@ class ReferenceModel(torch.nn.Module):
 
 
 def model_inputs(batch: dict) -> dict:
-    """Keyword arguments for a GPTModel/PolicyValueModel call on a micro-batch:
+    """Keyword arguments for a GPTModel/PolicyModel call on a micro-batch:
     the cached frozen-trunk output, when the batch carries one, replaces the embedding."""
     if "trunk_hidden" not in batch:
         return {}

@@ -25,26 +25,35 @@ def mask_padded_vocab(logits: torch.Tensor, vocab_size: int, vocab_start: int | 
     return logits.masked_fill(columns >= vocab_size, float("-inf"))
 
 
-def token_log_probs(logits: torch.Tensor, targets: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """log softmax(logits)[target] per position. logits [b, s, V/tp] (this rank's slice),
-    targets [b, s] global token ids -> [b, s] (fp32), identical on every TP rank.
+def _scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """fp32 logits / temperature: the distribution sampling drew from (before top-k/top-p)."""
+    logits = logits.float()
+    return logits if temperature == 1.0 else logits / temperature
+
+
+def token_log_probs(logits: torch.Tensor, targets: torch.Tensor, vocab_size: int,
+                    temperature: float = 1.0) -> torch.Tensor:
+    """log softmax(logits / temperature)[target] per position. logits [b, s, V/tp] (this rank's
+    slice), targets [b, s] global token ids -> [b, s] (fp32), identical on every TP rank.
+    Every log-prob that enters a ratio, a KL or a DPO margin is of the sampled distribution,
+    so callers pass the sampling temperature.
 
     ``logits`` is left unchanged (Megatron's cross entropy works in place on its input)."""
-    masked = mask_padded_vocab(logits.float(), vocab_size)
+    masked = mask_padded_vocab(_scaled(logits, temperature), vocab_size)
     if masked is logits:
         masked = masked.clone()
     return -vocab_parallel_cross_entropy(masked, targets)
 
 
-def entropy(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """Entropy of softmax(logits) per position, differentiable, from vocab-parallel
+def entropy(logits: torch.Tensor, vocab_size: int, temperature: float = 1.0) -> torch.Tensor:
+    """Entropy of softmax(logits / temperature) per position, differentiable, from vocab-parallel
     logits [..., V/tp] -> [...] (fp32), identical on every TP rank:
 
         H = log Z - sum_v p_v z_v,   Z = sum_v exp(z_v - m), z_v shifted by the global max m
 
     Only per-row sums cross TP ranks (all-reduce forward, identity backward, as
     every TP rank computes the same loss)."""
-    z = mask_padded_vocab(logits.float(), vocab_size)
+    z = mask_padded_vocab(_scaled(logits, temperature), vocab_size)
     group = parallel_state.get_tensor_model_parallel_group()
     with torch.no_grad():
         row_max = z.max(dim=-1, keepdim=True).values

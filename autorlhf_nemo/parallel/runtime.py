@@ -24,7 +24,8 @@ from megatron.core import parallel_state
 from megatron.core.process_groups_config import ProcessGroupCollection
 from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
 
-from autorlhf_nemo.config.validate import to_container, validate_config
+from autorlhf_nemo.config.schema import RootConfig
+from autorlhf_nemo.config.validate import validate_config
 from autorlhf_nemo.parallel import cpu_compat
 
 VIRTUAL_GPU_ENV = "AUTORLHF_VIRTUAL_GPU"
@@ -94,7 +95,7 @@ def _set_launch_env_defaults() -> None:
             os.environ["MASTER_PORT"] = str(s.getsockname()[1])
 
 
-def initialize(cfg) -> Runtime:
+def initialize(cfg: RootConfig) -> Runtime:
     """Validate ``cfg``, start the process group and Megatron's parallel state, seed RNGs.
 
     The layout is checked before any process group exists, so a bad config
@@ -103,12 +104,11 @@ def initialize(cfg) -> Runtime:
     _set_launch_env_defaults()
     world_size = int(os.environ["WORLD_SIZE"])
     validate_config(cfg, world_size=world_size)
-    values = to_container(cfg)
     # cluster.env: the NCCL environment hooks, in place before any communicator exists.
-    os.environ.update({name: str(value) for name, value in values["cluster"]["env"].items()})
-    par, train = values["parallel"], values["train"]
+    os.environ.update({name: str(value) for name, value in cfg.cluster.env.items()})
+    par = cfg.parallel
 
-    backend = _choose_backend(par["backend"])
+    backend = _choose_backend(par.backend)
     virtual_gpu = os.environ.get(VIRTUAL_GPU_ENV) == "1"
     if virtual_gpu and torch.cuda.is_available():
         raise RuntimeError(f"{VIRTUAL_GPU_ENV}=1 is the device check for machines without CUDA; unset it here")
@@ -123,14 +123,14 @@ def initialize(cfg) -> Runtime:
             backend=backend,
             rank=int(os.environ["RANK"]),
             world_size=world_size,
-            timeout=datetime.timedelta(minutes=par["timeout_minutes"]),
+            timeout=datetime.timedelta(minutes=par.timeout_minutes),
         )
     parallel_state.initialize_model_parallel(
-        tensor_model_parallel_size=par["tensor_model_parallel_size"],
-        pipeline_model_parallel_size=par["pipeline_model_parallel_size"],
-        context_parallel_size=par["context_parallel_size"],
+        tensor_model_parallel_size=par.tensor_model_parallel_size,
+        pipeline_model_parallel_size=par.pipeline_model_parallel_size,
+        context_parallel_size=par.context_parallel_size,
     )
-    seed_everything(train["seed"])
+    seed_everything(cfg.train.seed)
     return Runtime(
         rank=dist.get_rank(),
         world_size=world_size,

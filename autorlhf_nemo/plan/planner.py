@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from autorlhf_nemo.config.validate import ConfigError, to_container, validate_config
+from autorlhf_nemo.config.schema import PPOConfig, RootConfig, typed_config
+from autorlhf_nemo.config.validate import ConfigError, validate_config
 from autorlhf_nemo.models.gpt import padded_vocab_size
 from autorlhf_nemo.plan.memory import DTYPE_BYTES, GIB, Shapes, StageMemory, stage_memory
 from autorlhf_nemo.plan.meta_world import fake_rank, stage_rank
@@ -64,60 +65,60 @@ class Plan:
                     f"parallel.tensor_model_parallel_size or pipeline_model_parallel_size"
                     + ("" if self.distributed_optimizer else ", set parallel.use_distributed_optimizer=true")
                     + ("" if self.recompute == "full" else ", set train.recompute=full")
-                    + ", or lower train.micro_batch_size / train.seq_length / algorithm.rollouts_per_step")
+                    + ", or lower train.micro_batch_size / train.seq_length / algorithm.prompts_per_step")
         return problems
 
 
-def world_size_of(values: dict) -> int:
+def world_size_of(cfg: RootConfig) -> int:
     """parallel.world_size when set, else the Slurm allocation: nodes x GPUs per node."""
     from autorlhf_nemo.slurm import allocated_world_size
 
-    return values["parallel"]["world_size"] or allocated_world_size(values)
+    return cfg.parallel.world_size or allocated_world_size(cfg)
 
 
 def plan_layout(cfg) -> Plan:
-    """Validate ``cfg`` at its world size, then count and budget every stage.
-    Raises ConfigError for a broken layout (before anything is built)."""
-    values = to_container(cfg)
-    world = world_size_of(values)
+    """Validate ``cfg`` (composed, or a RootConfig) at its world size, then count and budget
+    every stage. Raises ConfigError for a broken layout (before anything is built)."""
+    world = world_size_of(typed_config(cfg))
     validate_config(cfg, world_size=world)
-    m, p, t, a, c = (values[k] for k in ("model", "parallel", "train", "algorithm", "cluster"))
-    tp, pp, cp = (p["tensor_model_parallel_size"], p["pipeline_model_parallel_size"],
-                  p["context_parallel_size"])
+    cfg = typed_config(cfg)
+    m, p, t, a, c = cfg.model, cfg.parallel, cfg.train, cfg.algorithm, cfg.cluster
+    tp, pp, cp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size, p.context_parallel_size
     dp = world // (tp * pp * cp)
 
     counts = []
     for stage in range(pp):
         with fake_rank(stage_rank(stage, world, pp), world, tp, pp, cp):
-            counts.append(_count_stage(cfg, a))
+            counts.append(_count_stage(cfg))
 
     if a is not None:
-        micro_batches = a["rollouts_per_step"] // (dp * a["minibatches"] * t["micro_batch_size"])
-        generation_batch = -(-max(a["rollouts_per_step"], values["task"]["num_eval_prompts"]) // dp)
+        rollouts = a.prompts_per_step * a.samples_per_prompt
+        micro_batches = rollouts // (dp * a.minibatches * t.micro_batch_size)
+        generation_batch = -(-max(rollouts, cfg.task.num_eval_prompts) // dp)
     else:
-        micro_batches = t["global_batch_size"] // (dp * t["micro_batch_size"])
+        micro_batches = t.global_batch_size // (dp * t.micro_batch_size)
         generation_batch = 0
-    head_dim = m["kv_channels"] or m["hidden_size"] // m["num_attention_heads"]
+    head_dim = m.kv_channels or m.hidden_size // m.num_attention_heads
     shapes = Shapes(
-        hidden=m["hidden_size"], kv_width=m["num_query_groups"] * head_dim, ffn=m["ffn_hidden_size"],
-        vocab=padded_vocab_size(m["vocab_size"], m["make_vocab_size_divisible_by"]),
-        dtype_bytes=DTYPE_BYTES[m["params_dtype"]], tp=tp, pp=pp, sequence_parallel=p["sequence_parallel"],
-        recompute=t["recompute"], seq_length=t["seq_length"] // cp, micro_batch_size=t["micro_batch_size"],
+        hidden=m.hidden_size, kv_width=m.num_query_groups * head_dim, ffn=m.ffn_hidden_size,
+        vocab=padded_vocab_size(m.vocab_size, m.make_vocab_size_divisible_by),
+        dtype_bytes=DTYPE_BYTES[m.params_dtype], tp=tp, pp=pp, sequence_parallel=p.sequence_parallel,
+        recompute=t.recompute, seq_length=t.seq_length // cp, micro_batch_size=t.micro_batch_size,
         micro_batches=micro_batches, generation_batch=generation_batch)
-    offloaded = a is not None and a["offload_reference"]
+    offloaded = a is not None and a.offload_reference
     memory = [
         stage_memory(shapes, stage, n.layers, n.trunk + n.head, n.trainable,
-                     0 if offloaded else n.reference, t["optimizer"],
-                     dp * cp if p["use_distributed_optimizer"] else 1, c["reserved_memory_gib"],
+                     0 if offloaded else n.reference, t.optimizer,
+                     dp * cp if p.use_distributed_optimizer else 1, c.reserved_memory_gib,
                      last_stage=stage == pp - 1)
         for stage, n in enumerate(counts)]
-    return Plan(model=m["name"], world_size=world, tp=tp, pp=pp, cp=cp, dp=dp,
-                sequence_parallel=p["sequence_parallel"], distributed_optimizer=p["use_distributed_optimizer"],
-                recompute=t["recompute"], algorithm=a["name"] if a else None, counts=counts, memory=memory,
-                gpu_memory=int(c["gpu_memory_gib"] * GIB))
+    return Plan(model=m.name, world_size=world, tp=tp, pp=pp, cp=cp, dp=dp,
+                sequence_parallel=p.sequence_parallel, distributed_optimizer=p.use_distributed_optimizer,
+                recompute=t.recompute, algorithm=a.name if a else None, counts=counts, memory=memory,
+                gpu_memory=int(c.gpu_memory_gib * GIB))
 
 
-def _count_stage(cfg, algorithm: dict | None) -> StageCounts:
+def _count_stage(cfg: RootConfig) -> StageCounts:
     """This rank's chunk on the meta device, assembled as the job assembles it."""
     from autorlhf_nemo.models.gpt import build_model
 
@@ -125,16 +126,17 @@ def _count_stage(cfg, algorithm: dict | None) -> StageCounts:
     layers = len(gpt.decoder.layers)
     trunk = sum(p.numel() for p in gpt.parameters())
     sharded = sum(p.numel() for p in gpt.parameters() if getattr(p, "tensor_model_parallel", False))
+    algorithm = cfg.algorithm
     if algorithm is None:
         return StageCounts(layers, trunk, sharded, head=0, trainable=trunk, reference=0)
 
-    from autorlhf_nemo.models.policy import PolicyValueModel
+    from autorlhf_nemo.models.policy import PolicyModel
     from autorlhf_nemo.models.reference import ReferenceModel, freeze_trunk
 
-    k = algorithm["num_layers_unfrozen"]
+    k = algorithm.num_layers_unfrozen
     reference = ReferenceModel(gpt, cfg, k, on_meta=True)
     freeze_trunk(gpt, k)
-    policy = PolicyValueModel(gpt, value_head_seed=algorithm["value_head_seed"])
+    policy = PolicyModel(gpt, value_head_seed=algorithm.value_head_seed if isinstance(algorithm, PPOConfig) else None)
     head = sum(p.numel() for p in policy.value_head.parameters()) if policy.value_head is not None else 0
     trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
     reference_own = sum(p.numel() for p in reference.model.parameters()) - reference.shared_parameters(gpt)

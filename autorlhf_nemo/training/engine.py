@@ -19,18 +19,17 @@ from megatron.core.distributed import finalize_model_grads
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
-from autorlhf_nemo.config.validate import to_container
+from autorlhf_nemo.config.schema import RootConfig
 from autorlhf_nemo.parallel.runtime import compute_device
 from autorlhf_nemo.training.batching import to_device
 
 
-def wrap_for_training(model, cfg) -> DistributedDataParallel:
+def wrap_for_training(model, cfg: RootConfig) -> DistributedDataParallel:
     """Megatron DDP around ``model`` (grad buffers, DP all-reduce or reduce-scatter)."""
-    par = to_container(cfg)["parallel"]
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True,
         overlap_grad_reduce=False,
-        use_distributed_optimizer=par["use_distributed_optimizer"],
+        use_distributed_optimizer=cfg.parallel.use_distributed_optimizer,
     )
     ddp = DistributedDataParallel(config=model.config, ddp_config=ddp_config, module=model)
     model.config.no_sync_func = ddp.no_sync
@@ -38,24 +37,24 @@ def wrap_for_training(model, cfg) -> DistributedDataParallel:
     return ddp
 
 
-def build_optimizer(ddp_model, cfg):
-    """Megatron optimizer (Adam or SGD; distributed optimizer if configured)."""
-    values = to_container(cfg)
-    t, m, p = values["train"], values["model"], values["parallel"]
+def build_optimizer(ddp_model, cfg: RootConfig, lr: float | None = None):
+    """Megatron optimizer (Adam or SGD; distributed optimizer if configured); ``lr``
+    replaces ``cfg.train.lr`` (e.g. the randomwalks pretraining's)."""
+    t = cfg.train
     opt_config = OptimizerConfig(
-        optimizer=t["optimizer"],
-        lr=t["lr"],
-        min_lr=t["min_lr"],
-        weight_decay=t["weight_decay"],
-        adam_beta1=t["adam_beta1"],
-        adam_beta2=t["adam_beta2"],
-        adam_eps=t["adam_eps"],
+        optimizer=t.optimizer,
+        lr=t.lr if lr is None else lr,
+        min_lr=t.min_lr,
+        weight_decay=t.weight_decay,
+        adam_beta1=t.adam_beta1,
+        adam_beta2=t.adam_beta2,
+        adam_eps=t.adam_eps,
         sgd_momentum=0.0,
-        clip_grad=t["clip_grad"],
-        bf16=m["params_dtype"] == "bfloat16",
-        fp16=m["params_dtype"] == "float16",
+        clip_grad=t.clip_grad,
+        bf16=cfg.model.params_dtype == "bfloat16",
+        fp16=cfg.model.params_dtype == "float16",
         params_dtype=ddp_model.config.params_dtype,
-        use_distributed_optimizer=p["use_distributed_optimizer"],
+        use_distributed_optimizer=cfg.parallel.use_distributed_optimizer,
     )
     return get_megatron_optimizer(opt_config, [ddp_model])
 

@@ -2,8 +2,9 @@
 a progress bar, and at the end a PNG plot of reward and KL over steps.
 
 Only global rank 0 writes; every other rank gets a logger that does nothing.
-``metrics.jsonl`` holds one JSON object per step; on resume it is cut back to
-the checkpoint's step, so the file always describes one consistent run.
+``metrics.jsonl`` holds one JSON object per step, ``updates.jsonl`` one per optimizer
+update (its epoch, minibatch, staleness and losses); on resume both are cut back to
+the checkpoint's step, so the files always describe one consistent run.
 """
 
 from __future__ import annotations
@@ -16,21 +17,27 @@ from pathlib import Path
 class RunLogger:
     def __init__(self, run_dir: Path, total_steps: int, *, enabled: bool, progress_bar: bool = True,
                  tensorboard: bool = True, wandb: bool = False, wandb_project: str = "autorlhf_nemo",
-                 config: dict | None = None, start_step: int = 0, restored_row: dict | None = None):
-        """``start_step``: the step a resumed run continues from (0: fresh); ``restored_row``:
-        that step's metrics from the checkpoint, written if the file lacks them (killed
-        between saving and logging)."""
+                 config: dict | None = None, start_step: int = 0, restored_row: dict | None = None,
+                 restored_updates: list | None = None):
+        """``start_step``: the step a resumed run continues from (0: fresh); ``restored_row`` /
+        ``restored_updates``: that step's metrics and update rows from the checkpoint, written
+        if the files lack them (killed between saving and logging)."""
         self.enabled, self.run_dir = enabled, Path(run_dir)
         self.jsonl = self.run_dir / "metrics.jsonl"
+        self.updates_jsonl = self.run_dir / "updates.jsonl"
         self.history: list[dict] = []
         self.tb = self.wandb = self.bar = None
         if not enabled:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.history = self._history_until(start_step)
+        self.history = self._rows_until(self.jsonl, start_step)
         if restored_row and start_step > 0 and not any(r["step"] == start_step for r in self.history):
             self.history.append({"step": start_step, **{k: float(v) for k, v in restored_row.items()}})
         self.jsonl.write_text("".join(json.dumps(h) + "\n" for h in self.history))
+        updates = self._rows_until(self.updates_jsonl, start_step)
+        if restored_updates and start_step > 0 and not any(r["step"] == start_step for r in updates):
+            updates += self._update_rows(start_step, restored_updates)
+        self.updates_jsonl.write_text("".join(json.dumps(u) + "\n" for u in updates))
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -53,20 +60,31 @@ class RunLogger:
             self.bar = tqdm(total=total_steps, initial=start_step, desc="rl steps", file=sys.stderr,
                             dynamic_ncols=True)
 
-    def _history_until(self, step: int) -> list[dict]:
-        """Rows 0..step of an earlier run being resumed (none for a fresh start)."""
-        if step == 0 or not self.jsonl.exists():
+    @staticmethod
+    def _rows_until(path: Path, step: int) -> list[dict]:
+        """Rows of steps 0..step of an earlier run being resumed (none for a fresh start)."""
+        if step == 0 or not path.exists():
             return []
-        rows = [json.loads(line) for line in self.jsonl.read_text().splitlines() if line.strip()]
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         return [r for r in rows if r["step"] <= step]
 
-    def log(self, step: int, metrics: dict) -> None:
+    @staticmethod
+    def _update_rows(step: int, updates: list[dict]) -> list[dict]:
+        return [{"step": step, "update": i, **{k: v if isinstance(v, int) else float(v) for k, v in u.items()}}
+                for i, u in enumerate(updates)]
+
+    def log(self, step: int, metrics: dict, updates: list[dict] | None = None) -> None:
+        """The step's metrics (metrics.jsonl, TensorBoard, W&B, a line on stdout) and its
+        optimizer updates (updates.jsonl)."""
         if not self.enabled:
             return
         row = {"step": step, **{k: float(v) for k, v in metrics.items()}}
         self.history.append(row)
         with open(self.jsonl, "a") as f:
             f.write(json.dumps(row) + "\n")
+        if updates:
+            with open(self.updates_jsonl, "a") as f:
+                f.write("".join(json.dumps(u) + "\n" for u in self._update_rows(step, updates)))
         if self.tb is not None:
             for key, value in metrics.items():
                 self.tb.add_scalar(key, value, step)
@@ -74,8 +92,8 @@ class RunLogger:
         if self.wandb is not None:
             self.wandb.log(metrics, step=step)
         shown = "  ".join(f"{k.split('/')[-1]} {v:.4g}" for k, v in metrics.items()
-                          if k in ("rollout/score", "rollout/kl", "eval/reward", "learn/policy_loss",
-                                   "learn/value_loss", "kl_coef", "time/step"))
+                          if k in ("rollout/score", "rollout/kl", "eval/reward", "learn/loss", "learn/policy_loss",
+                                   "learn/value_loss", "learn/accuracy", "kl_coef", "time/step"))
         message = f"step {step}: {shown}"
         if self.bar is not None:
             self.bar.update(step - self.bar.n)

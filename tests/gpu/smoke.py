@@ -50,9 +50,8 @@ def parity_worker(out: Path, rehearsal: bool) -> None:
     from tiny_model import make_batch, make_tiny_llama
     from transformers import LlamaForCausalLM
 
-    from autorlhf_nemo.config.compose import compose_config
-    from autorlhf_nemo.config.validate import to_container
-    from autorlhf_nemo.convert.hf_llama import load_hf_checkpoint
+    from autorlhf_nemo.config.compose import compose_typed_config
+        from autorlhf_nemo.convert.hf_llama import load_hf_checkpoint
     from autorlhf_nemo.generation import Generator, SamplingParams
     from autorlhf_nemo.generation.engine import left_pad
     from autorlhf_nemo.models.gpt import attention_mask, build_model
@@ -60,8 +59,8 @@ def parity_worker(out: Path, rehearsal: bool) -> None:
 
     backend = "gloo" if rehearsal else "nccl"
     overrides = ["model=tiny_llama", f"parallel.backend={backend}"]
-    cfg32 = compose_config(overrides)
-    cfg16 = compose_config(overrides + ["model.params_dtype=bfloat16"])
+    cfg32 = compose_typed_config(overrides)
+    cfg16 = compose_typed_config(overrides + ["model.params_dtype=bfloat16"])
     runtime = initialize(cfg32)
     device = runtime.device
     result = {"device": str(device), "backend": runtime.backend,
@@ -69,11 +68,11 @@ def parity_worker(out: Path, rehearsal: bool) -> None:
               "float32_matmul_precision": torch.get_float32_matmul_precision()}
     hf_dir = out / "tiny_llama_hf"
     make_tiny_llama(hf_dir, std=0.15, seed=11)  # as tests/test_generation.py: peaky, varied greedy text
-    vocab = to_container(cfg32)["model"]["vocab_size"]
+    vocab = cfg32.model["vocab_size"]
 
     def megatron(cfg):
         model = build_model(cfg).eval()
-        load_hf_checkpoint(model, str(hf_dir), to_container(cfg)["model"])
+        load_hf_checkpoint(model, str(hf_dir), cfg.model)
         return model
 
     def hf(dtype):
@@ -241,7 +240,7 @@ def ppo_run(name: str, overrides: list[str], steps: int, rehearsal: bool, out: P
 
 def throughput(fig: dict, rollouts: int, epochs: int, prompt_tokens: int = 1) -> str:
     """Tokens/s from metrics.jsonl: generation = rollouts x mean response length / time/generate;
-    training = ppo_epochs x rollouts x (prompt + response tokens) / time/learn. Steps after the
+    training = epochs x rollouts x (prompt + response tokens) / time/learn. Steps after the
     first when there are any (the first includes warm-up)."""
     rows = fig.get("rows") or []
     use = rows[1:] or rows
@@ -259,13 +258,13 @@ def throughput(fig: dict, rollouts: int, epochs: int, prompt_tokens: int = 1) ->
 
 
 def run_geometry(hydra_dir: Path) -> tuple[int, int]:
-    """(rollouts per step, PPO epochs) of a run, from the config Hydra saved (randomwalks' 128, 4
-    if it is not there)."""
+    """(rollouts per step: prompts x samples per prompt, epochs) of a run, from the config Hydra
+    saved (randomwalks' 128, 4 if it is not there)."""
     try:
         import yaml
 
         algorithm = yaml.safe_load((hydra_dir / ".hydra" / "config.yaml").read_text())["algorithm"]
-        return int(algorithm["rollouts_per_step"]), int(algorithm["ppo_epochs"])
+        return int(algorithm["prompts_per_step"]) * int(algorithm["samples_per_prompt"]), int(algorithm["epochs"])
     except (OSError, KeyError, TypeError, ValueError, ImportError):
         return 128, 4
 
@@ -461,7 +460,7 @@ def check_smol(args, budget: Budget, env: dict, line) -> dict:
     if args.cpu_rehearsal:
         # bf16 without native CPU support: a step at the task's geometry (128 rollouts, 4 epochs x
         # 4 minibatches) takes over 10 minutes here; rehearse one step of 32 rollouts, one update.
-        smol_overrides += ["algorithm.rollouts_per_step=32", "algorithm.ppo_epochs=1", "algorithm.minibatches=1"]
+        smol_overrides += ["algorithm.prompts_per_step=32", "algorithm.epochs=1", "algorithm.minibatches=1"]
         smol_steps = 1
     smol = ppo_run("ppo_smollm2_shape", smol_overrides, smol_steps, args.cpu_rehearsal, args.out, budget,
                    cap=900 if args.cpu_rehearsal else 150, env=env)

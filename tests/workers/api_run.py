@@ -32,7 +32,7 @@ def main():
     reward_fn = {"ok": length_reward, "raises": broken_reward, "wrong_count": short_reward}[args.mode]
     summary = autorlhf_nemo.train(
         ["model=smollm2_135m", f"run_dir={args.run_dir}", "train.total_steps=2", "train.micro_batch_size=4",
-         "algorithm.rollouts_per_step=4", "algorithm.ppo_epochs=1", "algorithm.num_layers_unfrozen=2",
+         "algorithm.prompts_per_step=4", "algorithm.epochs=1", "algorithm.num_layers_unfrozen=2",
          "task.sampling.max_new_tokens=6", "task.chat_template=true", "logging.progress_bar=false",
          "logging.tensorboard=false", "checkpoint.export_hf=false",
          "train.lr_warmup_steps=1", "train.lr_decay_style=cosine"],

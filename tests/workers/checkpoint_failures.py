@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 from autorlhf_nemo.checkpoint import run_checkpoint
 from autorlhf_nemo.checkpoint.dist import save_model
-from autorlhf_nemo.config.compose import compose_config
+from autorlhf_nemo.config.compose import compose_typed_config
 from autorlhf_nemo.models.gpt import build_model
 from autorlhf_nemo.parallel.runtime import initialize, shutdown
 
@@ -66,7 +66,7 @@ def main():
     args = parser.parse_args()
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write over the limit fails with EFBIG instead of killing
     root = Path(args.root)
-    cfg = compose_config(["model=tiny_llama", "parallel=tp2"])
+    cfg = compose_typed_config(["model=tiny_llama", "parallel=tp2"])
     initialize(cfg)
     model = Weights(build_model(cfg))
     rank = dist.get_rank()

@@ -12,8 +12,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
-from autorlhf_nemo.config.compose import compose_config
-from autorlhf_nemo.config.validate import to_container
+from autorlhf_nemo.config.compose import compose_typed_config
 from autorlhf_nemo.convert.hf_llama import load_hf_checkpoint
 from autorlhf_nemo.generation import Generator, SamplingParams
 from autorlhf_nemo.generation.engine import left_pad
@@ -87,20 +86,20 @@ def main():
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
 
-    cfg = compose_config(args.overrides)
+    cfg = compose_typed_config(args.overrides)
     runtime = initialize(cfg)
-    m = to_container(cfg)["model"]
+    m = cfg.model
     model = build_model(cfg)
     load_hf_checkpoint(model, args.hf, m)
     prompts = json.loads(open(args.prompts).read())
-    generator = Generator(model, m["vocab_size"], args.pad)
+    generator = Generator(model, m.vocab_size, args.pad)
     runs = []
     for fields in json.loads(args.params):
         banned = fields.pop("ban_tokens", [])
         if banned:
             fields["logits_processors"] = [ban_tokens(banned)]
         out = generator.generate(prompts, SamplingParams(**fields))
-        train_lp = training_logprobs(model, out, m["vocab_size"])
+        train_lp = training_logprobs(model, out, m.vocab_size)
         holders = [None] * dist.get_world_size()
         dist.all_gather_object(holders, (runtime.dp_rank, train_lp) if runtime.tp_rank == 0 else None)
         outputs = [None] * dist.get_world_size()
@@ -114,12 +113,12 @@ def main():
             "dp_responses": [o.response_ids for dp, o in sorted(outputs, key=lambda x: x[0])],
         })
     # The other matmul form (F.linear, what GPUs use) on the greedy and first sampled runs.
-    linear_form = Generator(model, m["vocab_size"], args.pad, weight_first=False)
+    linear_form = Generator(model, m.vocab_size, args.pad, weight_first=False)
     other_form = [linear_form.generate(prompts, SamplingParams(**fields))
                   for fields in json.loads(args.params)[:2]]
     # oneDNN-packed weight copies (what PPO decodes with on fp32 CPUs), then the copies'
     # contract: after a weight update they are stale until weights_changed() is called.
-    packed_gen = Generator(model, m["vocab_size"], args.pad, pack_weights=True)
+    packed_gen = Generator(model, m.vocab_size, args.pad, pack_weights=True)
     greedy = SamplingParams(**json.loads(args.params)[0])
     packed_form = [packed_gen.generate(prompts, SamplingParams(**fields))
                    for fields in json.loads(args.params)[:2]]
@@ -130,7 +129,7 @@ def main():
     stale = packed_gen.generate(prompts, greedy)
     packed_gen.weights_changed([layer_weight])
     refreshed = packed_gen.generate(prompts, greedy)
-    unpacked = Generator(model, m["vocab_size"], args.pad).generate(prompts, greedy)
+    unpacked = Generator(model, m.vocab_size, args.pad).generate(prompts, greedy)
     packing = {"packed_form": packed_form, "copies_made": copies_made, "stale": stale,
                "refreshed": refreshed, "unpacked_after_update": unpacked}
     sp_flags = [getattr(mod, f) for mod in model.modules()
@@ -140,9 +139,9 @@ def main():
               "default_weight_first": generator.weight_first,
               "inference_tensors": any(t.is_inference() for t in vars(runs[0]["output"]).values()
                                        if isinstance(t, torch.Tensor)),
-              "sp_flags": sp_flags, "sampling": sampling_checks(m["vocab_size"], model.vocab_size)}
+              "sp_flags": sp_flags, "sampling": sampling_checks(m.vocab_size, model.vocab_size)}
     if not cfg.parallel.sequence_parallel:  # single prompts have lengths SP cannot split
-        result["padding"] = padding_checks(model, prompts, m["vocab_size"], args.pad)
+        result["padding"] = padding_checks(model, prompts, m.vocab_size, args.pad)
     if dist.get_rank() == 0:
         torch.save(result, args.out)
     shutdown()

@@ -14,7 +14,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.tensor_parallel import scatter_to_sequence_parallel_region
 
-from autorlhf_nemo.config.compose import compose_config
+from autorlhf_nemo.config.compose import compose_typed_config
 from autorlhf_nemo.models.gpt import transformer_config
 from autorlhf_nemo.models.heads import ValueHead
 from autorlhf_nemo.ops.vocab_parallel import entropy
@@ -33,7 +33,7 @@ def main():
     parser.add_argument("--out", required=True)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
-    cfg = compose_config(args.overrides)
+    cfg = compose_typed_config(args.overrides)
     initialize(cfg)
     config = transformer_config(cfg)
     head = ValueHead(config, out_features=2, seed=5, init_std=0.3)

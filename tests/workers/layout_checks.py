@@ -17,8 +17,7 @@ from megatron.core import parallel_state
 from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
 
 from autorlhf_nemo.checkpoint.dist import load_model, save_model
-from autorlhf_nemo.config.compose import compose_config
-from autorlhf_nemo.config.validate import to_container
+from autorlhf_nemo.config.compose import compose_typed_config
 from autorlhf_nemo.convert.hf_llama import (
     export_hf_checkpoint,
     gather_hf_state_dict,
@@ -55,28 +54,27 @@ def main():
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
 
-    cfg = compose_config(args.overrides)
+    cfg = compose_typed_config(args.overrides)
     runtime = initialize(cfg)
-    values = to_container(cfg)
     model = build_model(cfg)
     if args.load_dist:
         load_model(model, args.load_dist)
     else:
-        load_hf_checkpoint(model, args.hf, values["model"])
+        load_hf_checkpoint(model, args.hf, cfg.model)
     if args.save_dist:
         save_model(model, args.save_dist)
     if args.export:
-        export_hf_checkpoint(model, values["model"], args.export)
+        export_hf_checkpoint(model, cfg.model, args.export)
 
     tokens = torch.load(args.batch)
     batch = make_lm_batch(tokens)
-    t = values["train"]
-    micro = data_parallel_microbatches(batch, runtime.dp_rank, runtime.dp_size, t["micro_batch_size"])
+    micro_size = cfg.train.micro_batch_size
+    micro = data_parallel_microbatches(batch, runtime.dp_rank, runtime.dp_size, micro_size)
     seq = tokens.shape[1] - 1
-    vocab = values["model"]["vocab_size"]
+    vocab = cfg.model.vocab_size
     step = lm_forward_step(vocab)
 
-    outputs = forward_only(model, micro, len(micro), step, seq, t["micro_batch_size"])
+    outputs = forward_only(model, micro, len(micro), step, seq, micro_size)
     logits = None
     if parallel_state.is_pipeline_last_stage():
         full = torch.cat([gather_from_tensor_model_parallel_region(o) for o in outputs], dim=0)
@@ -85,14 +83,14 @@ def main():
     result = {"logits": gather_over_dp(logits), "runtime": runtime.describe()}
 
     if args.no_train:
-        result["weights"] = gather_hf_state_dict(model, values["model"])
+        result["weights"] = gather_hf_state_dict(model, cfg.model)
     else:
         ddp = wrap_for_training(model, cfg)
         optimizer = build_optimizer(ddp, cfg)
-        step_result = train_step(ddp, optimizer, micro, len(micro), step, seq, t["micro_batch_size"])
+        step_result = train_step(ddp, optimizer, micro, len(micro), step, seq, micro_size)
         result["loss"] = step_result.metrics["lm_loss"]
         result["grad_norm"] = float(step_result.grad_norm)
-        result["weights_after"] = gather_hf_state_dict(model, values["model"])
+        result["weights_after"] = gather_hf_state_dict(model, cfg.model)
     if dist.get_rank() == 0:
         torch.save(result, args.out)
     shutdown()

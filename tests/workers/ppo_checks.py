@@ -3,7 +3,7 @@ tests/test_ppo_step.py under torchrun); rank 0 saves the metrics of each step.
 
 The experience is the same global batch at every layout: 8 prompts and
 responses of different lengths, sequence scores -1..1, made by
-``make_experience``: old log-probs and values from a forward pass of the
+``ppo_experience``: old log-probs and values from a forward pass of the
 policy-value model, a frozen reference model loaded from the same checkpoint
 (so the KL penalty must be exactly 0), GAE, advantages whitened over DP.
 """
@@ -14,14 +14,15 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
-from autorlhf_nemo.algorithms.ppo.rollout import make_experience
+from autorlhf_nemo.algorithms.batch import at_labels, make_sequence_batch
+from autorlhf_nemo.algorithms.experience import response_forward
+from autorlhf_nemo.algorithms.ppo.rollout import ppo_experience
 from autorlhf_nemo.algorithms.ppo.step import ppo_forward_step
-from autorlhf_nemo.config.compose import compose_config
-from autorlhf_nemo.config.validate import to_container
+from autorlhf_nemo.config.compose import compose_typed_config
 from autorlhf_nemo.convert.hf_llama import load_hf_checkpoint
-from autorlhf_nemo.generation.engine import GenerationOutput, left_pad
+from autorlhf_nemo.generation.engine import left_pad
 from autorlhf_nemo.models.gpt import build_model
-from autorlhf_nemo.models.policy import PolicyValueModel
+from autorlhf_nemo.models.policy import PolicyModel
 from autorlhf_nemo.parallel.runtime import initialize, shutdown
 from autorlhf_nemo.training.batching import data_parallel_microbatches
 from autorlhf_nemo.training.engine import (broadcast_from_last_stage, build_optimizer, train_step,
@@ -47,13 +48,13 @@ def main():
     parser.add_argument("--out", required=True)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
-    cfg = compose_config(args.overrides)
+    cfg = compose_typed_config(args.overrides)
     runtime = initialize(cfg)
-    m = to_container(cfg)["model"]
-    vocab = m["vocab_size"]
+    m = cfg.model
+    vocab = m.vocab_size
     gpt = build_model(cfg)
     load_hf_checkpoint(gpt, args.hf, m)
-    model = PolicyValueModel(gpt, value_head_seed=7)
+    model = PolicyModel(gpt, value_head_seed=7)
     ddp = wrap_for_training(model, cfg)
     optimizer = build_optimizer(ddp, cfg)
 
@@ -65,16 +66,17 @@ def main():
     # Rollout: policy log-probs and values, a frozen reference (same initial weights), rewards, GAE.
     reference = build_model(cfg)
     load_hf_checkpoint(reference, args.hf, m)
-    generation = GenerationOutput(prompt_ids, prompt_mask, response_ids, response_mask,
-                                  torch.zeros(response_ids.shape), torch.zeros(response_ids.shape),
-                                  ["length"] * per_rank)
-    experience, stats = make_experience(generation, torch.linspace(-1, 1, N)[rows], ddp, reference,
-                                        vocab_size=vocab, kl_coef=0.1, gamma=1.0, lam=0.95,
-                                        micro_batch_size=MICRO, pad_to_multiple_of=multiple)
-    result = {"rollout": stats}
+    batch = make_sequence_batch(prompt_ids, prompt_mask, response_ids, response_mask, multiple)
+    policy_out = response_forward(ddp, batch, prompt_mask, response_mask, vocab, MICRO, with_values=True)
+    reference_out = response_forward(reference, batch, prompt_mask, response_mask, vocab, MICRO)
+    result = {}
     if parallel_state.is_pipeline_last_stage():
+        (logprobs, values), ref_logprobs = policy_out, reference_out[0]
+        experience, result["rollout"] = ppo_experience(torch.linspace(-1, 1, N)[rows], response_mask, logprobs,
+                                                       values, ref_logprobs, kl_coef=0.1, gamma=1.0, lam=0.95)
         result["kl_abs_max"] = experience.kl.abs().max().item()
-    batch = experience.learner_batch(multiple)
+        width = batch["tokens"].shape[1]
+        batch.update({name: at_labels(value, prompt_mask, width) for name, value in experience.per_token().items()})
     seq = batch["tokens"].shape[1]  # P + R - 1, padded to the SP multiple
     micro = data_parallel_microbatches(batch, 0, 1, MICRO)
     step = ppo_forward_step(vocab, clip_ratio=0.2, clip_value=0.2, vf_coef=0.5, entropy_coef=0.01)

@@ -15,8 +15,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
 
-from autorlhf_nemo.config.compose import compose_config
-from autorlhf_nemo.config.validate import to_container
+from autorlhf_nemo.config.compose import compose_typed_config
 from autorlhf_nemo.convert.hf_llama import export_hf_checkpoint, gather_hf_state_dict, load_hf_checkpoint
 from autorlhf_nemo.generation import Generator, SamplingParams
 from autorlhf_nemo.models.gpt import build_model
@@ -36,21 +35,21 @@ def main():
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
 
-    cfg = compose_config(args.overrides)
+    cfg = compose_typed_config(args.overrides)
     initialize(cfg)
-    m = to_container(cfg)["model"]
+    m = cfg.model
     model = build_model(cfg)
     load_hf_checkpoint(model, args.hf, m)
 
     tokens = torch.load(args.batch)
-    outputs = forward_only(model, [make_lm_batch(tokens)], 1, lm_forward_step(m["vocab_size"]),
+    outputs = forward_only(model, [make_lm_batch(tokens)], 1, lm_forward_step(m.vocab_size),
                            tokens.shape[1] - 1, tokens.shape[0])
     logits = None
     if parallel_state.is_pipeline_last_stage():
-        logits = gather_from_tensor_model_parallel_region(outputs[0])[..., :m["vocab_size"]].float()
+        logits = gather_from_tensor_model_parallel_region(outputs[0])[..., :m.vocab_size].float()
 
     prompts = json.loads(open(args.prompts).read())
-    greedy = Generator(model, m["vocab_size"], pad_token_id=0).generate(
+    greedy = Generator(model, m.vocab_size, pad_token_id=0).generate(
         prompts, SamplingParams(max_new_tokens=args.new_tokens, greedy=True))
     weights = gather_hf_state_dict(model, m)
     export_hf_checkpoint(model, m, args.export)

@@ -8,7 +8,7 @@ import argparse
 import torch
 import torch.distributed as dist
 
-from autorlhf_nemo.config.compose import compose_config
+from autorlhf_nemo.config.compose import compose_typed_config
 from autorlhf_nemo.models.gpt import build_model
 from autorlhf_nemo.models.reference import ReferenceModel, freeze_trunk
 from autorlhf_nemo.parallel.runtime import initialize, shutdown
@@ -26,7 +26,7 @@ def main():
     parser.add_argument("--unfrozen", type=int, required=True)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
-    cfg = compose_config(["train.seq_length=8", "train.micro_batch_size=2", "train.global_batch_size=2",
+    cfg = compose_typed_config(["train.seq_length=8", "train.micro_batch_size=2", "train.global_batch_size=2",
                           "train.lr=1e-2", *args.overrides])
     initialize(cfg)
     gpt = build_model(cfg)

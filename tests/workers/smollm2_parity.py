@@ -10,8 +10,7 @@ import argparse
 import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
 
-from autorlhf_nemo.config.compose import compose_config
-from autorlhf_nemo.config.validate import to_container
+from autorlhf_nemo.config.compose import compose_typed_config
 from autorlhf_nemo.convert import resolve_hf_checkpoint
 from autorlhf_nemo.convert.hf_llama import load_hf_checkpoint
 from autorlhf_nemo.generation import Generator, SamplingParams
@@ -61,10 +60,10 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    cfg = compose_config(["model=smollm2_135m"])
+    cfg = compose_typed_config(["model=smollm2_135m"])
     initialize(cfg)
-    m = to_container(cfg)["model"]
-    path = resolve_hf_checkpoint(m["hf_checkpoint"])
+    m = cfg.model
+    path = resolve_hf_checkpoint(m.hf_checkpoint)
     model = build_model(cfg).eval()
     load_hf_checkpoint(model, path, m)
     hf = LlamaForCausalLM.from_pretrained(path, torch_dtype=torch.float32).eval()
@@ -76,10 +75,10 @@ def main():
             text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                                  add_generation_prompt=True)
             ids = tokenizer(text, return_tensors="pt").input_ids
-            ours, theirs = megatron_logits(model, ids, m["vocab_size"]), hf(ids).logits
+            ours, theirs = megatron_logits(model, ids, m.vocab_size), hf(ids).logits
             greedy = ids
             for _ in range(8):
-                next_id = megatron_logits(model, greedy, m["vocab_size"])[:, -1].argmax(-1, keepdim=True)
+                next_id = megatron_logits(model, greedy, m.vocab_size)[:, -1].argmax(-1, keepdim=True)
                 greedy = torch.cat([greedy, next_id], dim=1)
             hf_greedy = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8,
                                     do_sample=False, pad_token_id=tokenizer.pad_token_id)
@@ -94,10 +93,10 @@ def main():
         # A pretrained model predicts plain English well (a random one: ~ln(49152) = 10.8 nats).
         ids = tokenizer("The quick brown fox jumps over the lazy dog. It was a sunny day in the park.",
                         return_tensors="pt").input_ids
-        logp = torch.log_softmax(megatron_logits(model, ids, m["vocab_size"])[0, :-1], -1)
+        logp = torch.log_softmax(megatron_logits(model, ids, m.vocab_size)[0, :-1], -1)
         english_nll = -logp.gather(-1, ids[0, 1:, None]).mean().item()
     result = {"prompts": records, "english_nll": english_nll}
-    result.update(batched_generation(model, hf, tokenizer, m["vocab_size"]))
+    result.update(batched_generation(model, hf, tokenizer, m.vocab_size))
     torch.save(result, args.out)
     shutdown()
 

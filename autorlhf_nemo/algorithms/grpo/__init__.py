@@ -1,0 +1,1 @@
+"""GRPO: a loss (loss.py) and a model module (model.py)."""

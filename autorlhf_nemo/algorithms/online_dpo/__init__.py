@@ -1,0 +1,1 @@
+"""Online DPO: a loss (loss.py) and a model module (model.py)."""

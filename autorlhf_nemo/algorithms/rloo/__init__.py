@@ -1,0 +1,1 @@
+"""RLOO: a loss (loss.py) and a model module (model.py)."""

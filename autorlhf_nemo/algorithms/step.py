@@ -1,0 +1,51 @@
+"""The learning step of algorithms without a value head, as a Megatron forward step.
+
+A micro-batch holds whole rows of ``make_sequence_batch`` (prompt, response, padding)
+with the algorithm's fields; the policy's log-probs of the sampled distribution,
+softmax(logits / temperature), at every label position [b, S] go to the algorithm's
+loss, a pure function
+
+    loss_fn(logprobs [b, S], batch) -> (loss_sum, count, {name: (sum, count)})
+
+``count`` is the loss's own unit (tokens, sequences, pairs): Megatron divides the
+accumulated gradients by its total over the minibatch and the DP group
+(``calculate_per_token_loss``), so micro-batch count and DP size do not change the
+update. Every report is a (sum, count) pair, averaged the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from autorlhf_nemo.models.reference import model_inputs
+from autorlhf_nemo.ops.vocab_parallel import token_log_probs
+
+LossFn = Callable[[torch.Tensor, dict], tuple]
+
+
+def policy_forward_step(vocab_size: int, temperature: float, loss_fn: LossFn):
+    """forward_step(batch, model) for Megatron's schedules; model is a PolicyModel without a head."""
+
+    def forward_step(batch: dict, model):
+        output = model(batch["tokens"], batch["position_ids"], batch["attention_mask"], **model_inputs(batch))
+
+        def loss_func(logits, non_loss_data: bool = False):
+            logprobs = token_log_probs(logits, batch["labels"], vocab_size, temperature)
+            loss, count, reports = loss_fn(logprobs, batch)
+
+            def pair(total, n):  # [sum, count] as Megatron's reports carry them
+                return torch.stack([total.detach().float(), torch.as_tensor(n, dtype=torch.float32,
+                                                                            device=total.device)])
+
+            return loss, pair(loss, count)[1].int(), {name: pair(*report) for name, report in reports.items()}
+
+        return output, loss_func
+
+    return forward_step
+
+
+def sequence_sums(per_token: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[b, S] per-token values -> [b] sums over each row's response tokens (``mask`` = action_mask)."""
+    return (per_token * mask).sum(-1)
