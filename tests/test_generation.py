@@ -90,6 +90,16 @@ def test_greedy_matches_transformers(gens, layout):
 
 
 @pytest.mark.parametrize("layout", ["tp1", "tp2_pp2", "tp2_sp"])
+def test_samples_of_a_prompt_share_one_prefill(gens, layout):
+    """3 samples per prompt: the prefill runs on the 4 prompts (not 12 rows), and the samples equal
+    those of the prompts repeated 3 times with the same per-row seeds, token for token."""
+    check = _run(gens, layout)["shared_prefill"]
+    assert check["prefill_rows"] == (len(PROMPTS), 3 * len(PROMPTS))
+    assert check["tokens_equal"] and check["samples_differ"]
+    assert check["logprob_diff"] <= 1e-5
+
+
+@pytest.mark.parametrize("layout", ["tp1", "tp2_pp2", "tp2_sp"])
 def test_logprobs_equal_training_forward(gens, layout):
     for run in _run(gens, layout)["runs"]:
         out = run["output"]

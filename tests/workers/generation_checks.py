@@ -40,6 +40,33 @@ def training_logprobs(model, out, vocab):
     return outputs[0][:, prompt_len - 1:] * out.response_mask
 
 
+def shared_prefill_checks(generator, prompts, fields: dict, k: int = 3) -> dict:
+    """k samples per prompt that share one prefill against the prompts repeated k times with the
+    same per-row seeds: tokens and log-probs, and the rows each prefill (first forward) ran on."""
+    prefill_rows = []
+    forward = generator._stage_forward
+
+    def recording(input_ids, *args):
+        prefill_rows.append(input_ids.shape[0])
+        return forward(input_ids, *args)
+
+    params = SamplingParams(**dict(fields, row_seeds=list(range(len(prompts) * k))))
+    generator._stage_forward = recording
+    try:
+        shared = generator.generate(prompts, params, samples_per_prompt=k)
+        first_shared = prefill_rows[0]
+        prefill_rows.clear()
+        repeated = generator.generate([p for p in prompts for _ in range(k)], params)
+    finally:
+        del generator._stage_forward
+    mask = shared.response_mask.bool()
+    return {"tokens_equal": torch.equal(shared.response_ids, repeated.response_ids)
+            and torch.equal(shared.response_mask, repeated.response_mask),
+            "logprob_diff": (shared.processed_logprobs - repeated.processed_logprobs)[mask].abs().max().item(),
+            "samples_differ": not torch.equal(shared.response_ids[0], shared.response_ids[1]),
+            "prefill_rows": (first_shared, prefill_rows[0])}
+
+
 def padding_checks(model, prompts, vocab, pad):
     """Each prompt alone (no padding) against the same prompt in a left-padded and in a
     right-padded batch: max abs differences of the logits (this rank's vocab shard) and of
@@ -139,7 +166,8 @@ def main():
               "default_weight_first": generator.weight_first,
               "inference_tensors": any(t.is_inference() for t in vars(runs[0]["output"]).values()
                                        if isinstance(t, torch.Tensor)),
-              "sp_flags": sp_flags, "sampling": sampling_checks(m.vocab_size, model.vocab_size)}
+              "sp_flags": sp_flags, "sampling": sampling_checks(m.vocab_size, model.vocab_size),
+              "shared_prefill": shared_prefill_checks(generator, prompts, json.loads(args.params)[1])}
     if not cfg.parallel.sequence_parallel:  # single prompts have lengths SP cannot split
         result["padding"] = padding_checks(model, prompts, m.vocab_size, args.pad)
     if dist.get_rank() == 0:
