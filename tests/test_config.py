@@ -135,6 +135,25 @@ BAD_CONFIGS = [
      ["task.pretrain_batch_size=97", "data-parallel size 2", "multiple of 2"]),
     (["algorithm=ppo", "train.lr_warmup_steps=8", "train.total_steps=2", "algorithm.epochs=2"], 1,
      ["train.lr_warmup_steps=8", "4 optimizer steps"]),
+    (["algorithm=online_dpo", "task=randomwalks", "algorithm.samples_per_prompt=1"], 1,
+     ["algorithm=online_dpo compares the samples of a prompt", "samples_per_prompt=1 must be at least 2"]),
+    (["algorithm=rloo", "task=randomwalks", "algorithm.samples_per_prompt=1"], 1, ["samples_per_prompt=1"]),
+    (["algorithm=grpo", "task=randomwalks", "algorithm.samples_per_prompt=1"], 1, ["samples_per_prompt=1"]),
+    (["algorithm=grpo", "task=randomwalks", "algorithm.prompts_per_step=100", "parallel=dp2"], 2,
+     ["algorithm.prompts_per_step=100", "data-parallel size x algorithm.minibatches = 2 x 4 = 8",
+      "one rank and in one minibatch", "multiple of 8"]),
+    (["algorithm=online_dpo", "task=randomwalks", "train.micro_batch_size=3", "algorithm.prompts_per_step=96",
+      "algorithm.minibatches=2"], 1,
+     ["train.micro_batch_size=3 must be even", "(chosen, rejected) pairs"]),
+    (["algorithm=grpo", "task=randomwalks", "train.micro_batch_size=24"], 1,
+     ["train.micro_batch_size=24 does not divide", "each of its 4 minibatches 128 learner rows"]),
+    (["algorithm=online_dpo", "algorithm.loss_type=hinge"], 1, ["algorithm.loss_type='hinge'", "'ipo'"]),
+    (["algorithm=grpo", "algorithm.loss_aggregation=mean"], 1, ["loss_aggregation='mean'", "'sequence'"]),
+    (["algorithm=rloo", "algorithm.penalty_mode=clip"], 1, ["penalty_mode='clip'", "'replace'"]),
+    (["algorithm=grpo", "algorithm.clip_low=1.5"], 1, ["algorithm.clip_low=1.5 is out of range", "[0, 1)"]),
+    (["algorithm=online_dpo", "algorithm.beta=0"], 1, ["algorithm.beta=0.0 is out of range", "> 0"]),
+    (["algorithm=grpo", "task.sampling.temperature=0"], 1, ["temperature=0 samples greedily", "temperature > 0"]),
+    (["algorithm=ppo", "task.eval_greedy=false", "task.eval_seeds=[]"], 1, ["evaluates nothing"]),
 ]
 
 
@@ -165,6 +184,62 @@ def test_world_size_disagreeing_with_launcher(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match=r"parallel.world_size=4 but the launcher started 2"):
         validate_config(compose_config(["parallel.world_size=4"]))
+
+
+@pytest.mark.parametrize("algorithm", ["ppo", "online_dpo", "rloo", "grpo"])
+@pytest.mark.parametrize("task", ["randomwalks", "sentiment", "custom"])
+def test_every_algorithm_composes_with_every_task(algorithm, task):
+    """conf/task_algorithm/<task>_<algorithm>.yaml gives each pair its settings; every pair
+    validates (one process) and becomes that algorithm's typed config."""
+    from autorlhf_nemo.config.schema import ALGORITHMS, typed_config
+
+    cfg = compose_config([f"algorithm={algorithm}", f"task={task}"])
+    validate_config(cfg, world_size=1)
+    typed = typed_config(cfg)
+    assert type(typed.algorithm) is ALGORITHMS[algorithm] and typed.task.name == task
+    assert typed.algorithm.samples_per_prompt == (1 if algorithm == "ppo" else 2 if algorithm == "online_dpo" else 4)
+
+
+def test_randomwalks_defaults_are_the_benchmark():
+    """trlX's graph (seed 1000), 128 prompts per step for every algorithm, greedy evaluation only."""
+    for algorithm in ("ppo", "online_dpo", "rloo", "grpo"):
+        cfg = compose_config([f"algorithm={algorithm}", "task=randomwalks"])
+        assert cfg.task.graph_seed == 1000 and cfg.algorithm.prompts_per_step == 128
+        assert cfg.task.eval_greedy and list(cfg.task.eval_seeds) == []
+
+
+def test_algorithm_registries_agree():
+    from autorlhf_nemo import algorithms
+    from autorlhf_nemo.config.schema import ALGORITHMS
+
+    assert sorted(algorithms._MODULES) == sorted(ALGORITHMS)
+
+
+@pytest.mark.parametrize("overrides", [["algorithm=grpo", "algorithm.vf_coef=0.5"],
+                                       ["algorithm=online_dpo", "algorithm.clip_high=0.28"]])
+def test_option_of_another_algorithm_named_on_the_cli(overrides):
+    """Hydra alone would call it an unknown key and suggest '+'; we name the algorithm it belongs to,
+    in seconds, before torch loads."""
+    out = subprocess.run([sys.executable, "-m", "autorlhf_nemo", *overrides], capture_output=True, text=True,
+                         cwd=REPO, env=cli_env(), timeout=120)
+    key = overrides[1].split("=")[0]
+    owner = "ppo" if key == "algorithm.vf_coef" else "grpo"
+    assert out.returncode == 2, out.stderr
+    assert f"{key} is an option of algorithm={owner}, not of algorithm={overrides[0].split('=')[1]}" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_option_of_another_algorithm_named_by_the_api_and_in_plain_values():
+    import autorlhf_nemo
+
+    with pytest.raises(ConfigError, match=r"algorithm.beta is an option of algorithm=online_dpo and "
+                                          r"algorithm=grpo, not of algorithm=rloo"):
+        autorlhf_nemo.train(["algorithm=rloo", "algorithm.beta=0.1"], reward_fn=lambda samples, **_: [0.0],
+                            prompts=["x"])
+    values = to_container(compose_config(["algorithm=grpo"]))
+    values["algorithm"]["gamma"] = 0.99
+    with pytest.raises(ConfigError, match=r"algorithm.gamma is an option of algorithm=ppo, not of algorithm=grpo"):
+        validate_config(values, world_size=1)
 
 
 def test_every_problem_reported_at_once():
