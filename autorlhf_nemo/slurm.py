@@ -124,8 +124,8 @@ def main(argv=None) -> int:
 
     try:
         composed = compose_config(args.overrides)
-        validate_config(composed, world_size=allocated_world_size(typed_config(composed)))
         cfg = typed_config(composed)
+        validate_config(composed, world_size=allocated_world_size(cfg))
         if not args.no_plan:
             from autorlhf_nemo.plan.planner import plan_layout
 

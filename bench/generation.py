@@ -112,7 +112,7 @@ def main():
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     from autorlhf_nemo.config.compose import compose_typed_config
-        from autorlhf_nemo.convert import resolve_hf_checkpoint
+    from autorlhf_nemo.convert import resolve_hf_checkpoint
     from autorlhf_nemo.convert.hf_llama import load_hf_checkpoint
     from autorlhf_nemo.generation import Generator, SamplingParams, matmul
     from autorlhf_nemo.generation.engine import left_pad

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -129,3 +131,15 @@ def test_minibatches_hold_whole_prompt_groups_at_every_dp_size():
             assert sorted(share.tolist()) == [k for k in range(4) for _ in range(4 // dp)]
     rows = assignment.repeat_interleave(3)           # 3 learner rows per prompt stay together
     assert all(len(set(rows[i * 3:(i + 1) * 3].tolist())) == 1 for i in range(16))
+
+
+def test_grpo_kl_ignores_positions_outside_the_response():
+    """Prompt and padding positions carry no reference log-prob (0): a very negative policy log-prob
+    there must not overflow exp() into inf * 0 = NaN."""
+    logprobs = t([[-100.0, -1.0, -2.0]], requires_grad=True)
+    mask = t([[0.0, 1.0, 1.0]])
+    loss, _, stats = grpo_loss(logprobs, logprobs.detach(), t([[0.0, -1.0, -1.5]]), t([1.0]), mask,
+                               0.2, 0.2, 0.1, "token")
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logprobs.grad).all()
+    assert stats["kl"][0].item() == pytest.approx(math.exp(0.5) - 1.5)

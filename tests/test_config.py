@@ -229,6 +229,15 @@ def test_option_of_another_algorithm_named_on_the_cli(overrides):
     assert "Traceback" not in out.stderr
 
 
+def test_renamed_options_named_with_their_new_names():
+    out = subprocess.run([sys.executable, "-m", "autorlhf_nemo", "algorithm=ppo", "algorithm.rollouts_per_step=32",
+                          "algorithm.ppo_epochs=2"], capture_output=True, text=True, cwd=REPO, env=cli_env(),
+                         timeout=120)
+    assert out.returncode == 2
+    assert "algorithm.rollouts_per_step was renamed: use algorithm.prompts_per_step" in out.stderr
+    assert "algorithm.ppo_epochs was renamed: use algorithm.epochs" in out.stderr
+
+
 def test_option_of_another_algorithm_named_by_the_api_and_in_plain_values():
     import autorlhf_nemo
 
@@ -283,11 +292,12 @@ def test_slurm_time_limits_in_minutes(time, minutes):
 
 
 def test_recompute_reaches_megatron_config():
+    from autorlhf_nemo.config.schema import typed_config
     from autorlhf_nemo.models.gpt import transformer_config
 
-    full = transformer_config(compose_config(["train.recompute=full"]))
+    full = transformer_config(typed_config(compose_config(["train.recompute=full"])))
     assert (full.recompute_granularity, full.recompute_method, full.recompute_num_layers) == ("full", "uniform", 1)
-    assert transformer_config(compose_config([])).recompute_granularity is None
+    assert transformer_config(typed_config(compose_config([]))).recompute_granularity is None
 
 
 # Numeric ranges: (override on the default randomwalks PPO run, fragment naming the field and value).

@@ -41,6 +41,7 @@ from autorlhf_nemo.generation import GenerationOutput, Generator, matmul
 from autorlhf_nemo.models.gpt import build_model
 from autorlhf_nemo.models.policy import PolicyModel
 from autorlhf_nemo.models.reference import FrozenTrunk, ReferenceModel, freeze_trunk
+from autorlhf_nemo.ops.masked import masked_mean
 from autorlhf_nemo.training.batching import data_parallel_microbatches
 from autorlhf_nemo.training.engine import build_optimizer, train_step, wrap_for_training
 
@@ -68,9 +69,6 @@ def minibatch_assignment(groups: int, minibatches: int, generator: torch.Generat
 
 
 class OnlineModel(ModelPT):
-    # Seed of the value head's initial weights where the algorithm has a critic (PPO); None: none.
-    value_head_seed: int | None = None
-
     def __init__(self, cfg: RootConfig, runtime, init_weights):
         """``cfg``: the run's typed config; ``init_weights(gpt, cfg, runtime)`` loads the initial
         policy (HF checkpoint, pretraining, ...); the reference starts from the same weights."""
@@ -83,9 +81,11 @@ class OnlineModel(ModelPT):
 
         gpt = build_model(cfg)
         init_weights(gpt, cfg, runtime)
-        self.reference = ReferenceModel(gpt, cfg, a.num_layers_unfrozen, offload=a.offload_reference)
+        # built only where the algorithm reads it (GRPO with beta 0, RLOO with kl_coef 0 do not)
+        self.reference = ReferenceModel(gpt, cfg, a.num_layers_unfrozen, offload=a.offload_reference) \
+            if a.uses_reference() else None
         freeze_trunk(gpt, a.num_layers_unfrozen)
-        self.policy = wrap_for_training(PolicyModel(gpt, value_head_seed=self.value_head_seed), cfg)
+        self.policy = wrap_for_training(PolicyModel(gpt, value_head_seed=a.critic_seed()), cfg)
         self.optimizer = build_optimizer(self.policy, cfg)
         total = self.optimizer_steps
         self.scheduler = OptimizerParamScheduler(
@@ -93,7 +93,10 @@ class OnlineModel(ModelPT):
             min_lr=t.min_lr, lr_warmup_steps=t.lr_warmup_steps,
             lr_decay_steps=t.lr_decay_steps or total, lr_decay_style=t.lr_decay_style,
             start_wd=t.weight_decay, end_wd=t.weight_decay, wd_incr_steps=total,
-            wd_incr_style="constant")
+            wd_incr_style="constant",
+            # on resume the step count comes from the checkpoint and the schedule from this config
+            # (a run resumed with more train.total_steps decays over the longer horizon)
+            use_checkpoint_opt_param_scheduler=False, override_opt_param_scheduler=True)
         self.seq_multiple = runtime.tp_size if cfg.parallel.sequence_parallel else 1
         self.trunk = FrozenTrunk(gpt, a.num_layers_unfrozen) \
             if a.cache_frozen_trunk and FrozenTrunk.applies(gpt, a.num_layers_unfrozen) else None
@@ -137,6 +140,14 @@ class OnlineModel(ModelPT):
         """Extra metrics of the step (e.g. PPO's KL coefficient)."""
         return {}
 
+    @staticmethod
+    def sample_stats(scores: torch.Tensor, generation: GenerationOutput) -> dict:
+        """Mean score and response length of the step's samples over the DP group."""
+        dp = parallel_state.get_data_parallel_group()
+        rows = torch.ones_like(scores)
+        return {"score": masked_mean(scores, rows, dp).item(),
+                "response_length": masked_mean(generation.response_mask.sum(-1).float(), rows, dp).item()}
+
     # ------------------------------------------------------------------ sampling
     def generator(self, pad_token_id: int, tokenizer=None) -> Generator:
         """The policy's sampler. On CPU it decodes with packed weight copies where
@@ -179,7 +190,10 @@ class OnlineModel(ModelPT):
                                     self.vocab_size, self.micro_batch_size, self.temperature, with_values)
 
     def reference_logprobs(self, batch: dict, generation: GenerationOutput):
-        """Log-probs [b, R] of the reference on the last stage; None elsewhere."""
+        """Log-probs [b, R] of the reference on the last stage; None elsewhere (and where the
+        algorithm has no reference: ``uses_reference``)."""
+        if self.reference is None:
+            return None
         with self.reference.on_device() as reference, self._top(reference):
             out = response_forward(reference, batch, generation.prompt_mask, generation.response_mask,
                                    self.vocab_size, self.micro_batch_size, self.temperature)
@@ -188,7 +202,7 @@ class OnlineModel(ModelPT):
     # ------------------------------------------------------------------ learning
     def learn(self, batch: dict, generator: torch.Generator) -> tuple[dict, list[dict]]:
         """``epochs`` passes over the step's learner rows, ``minibatches`` optimizer steps each.
-        Returns (the last update's metrics plus lr, grad_norm and the step's staleness figures,
+        Returns (the last update's metrics plus lr, grad_norm and the step's staleness figures;
         one row per update: epoch, minibatch, staleness, metrics).
 
         Minibatches are global: which prompts form minibatch k of an epoch is drawn from

@@ -76,8 +76,3 @@ def response_forward(model, batch: dict, prompt_mask, response_mask, vocab_size:
     logprobs = at_responses(torch.cat([o[0] for o in outputs]), prompt_mask, response_mask)
     values = at_responses(torch.cat([o[1] for o in outputs]), prompt_mask, response_mask) if with_values else None
     return logprobs, values
-
-
-def group_view(x: torch.Tensor, samples_per_prompt: int) -> torch.Tensor:
-    """[n * k] per-sample values -> [n, k], one row per prompt."""
-    return x.reshape(-1, samples_per_prompt)

@@ -10,7 +10,7 @@ loss, a pure function
 ``count`` is the loss's own unit (tokens, sequences, pairs): Megatron divides the
 accumulated gradients by its total over the minibatch and the DP group
 (``calculate_per_token_loss``), so micro-batch count and DP size do not change the
-update. Every report is a (sum, count) pair, averaged the same way.
+update. Every report is a (sum, count) pair, averaged the same way; ``loss`` is reported too.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ def policy_forward_step(vocab_size: int, temperature: float, loss_fn: LossFn):
         def loss_func(logits, non_loss_data: bool = False):
             logprobs = token_log_probs(logits, batch["labels"], vocab_size, temperature)
             loss, count, reports = loss_fn(logprobs, batch)
+            reports = {"loss": (loss, count), **reports}
 
             def pair(total, n):  # [sum, count] as Megatron's reports carry them
                 return torch.stack([total.detach().float(), torch.as_tensor(n, dtype=torch.float32,

@@ -140,6 +140,14 @@ class AlgorithmConfig:
     missing_eos_penalty: Optional[float] = None
     penalty_mode: str = "subtract"
 
+    def uses_reference(self) -> bool:
+        """Whether the algorithm reads a frozen reference model (built only then)."""
+        return True
+
+    def critic_seed(self) -> Optional[int]:
+        """Seed of the value head's initial weights where the algorithm has a critic; None: no head."""
+        return None
+
 
 @dataclass
 class PPOConfig(AlgorithmConfig):
@@ -163,6 +171,9 @@ class PPOConfig(AlgorithmConfig):
     scale_reward: Optional[str] = None
     whiten_advantages: bool = True
     value_head_seed: int = 1
+
+    def critic_seed(self) -> Optional[int]:
+        return self.value_head_seed
 
 
 @dataclass
@@ -191,6 +202,9 @@ class RLOOConfig(AlgorithmConfig):
     # Whiten the advantages over the step's samples (all DP ranks).
     whiten_advantages: bool = False
 
+    def uses_reference(self) -> bool:
+        return self.kl_coef != 0
+
 
 @dataclass
 class GRPOConfig(AlgorithmConfig):
@@ -208,6 +222,9 @@ class GRPOConfig(AlgorithmConfig):
     # token: sum over every token of the minibatch / its token count (DAPO);
     # sequence: each sample's mean over its tokens, then the mean over samples (GRPO).
     loss_aggregation: str = "token"
+
+    def uses_reference(self) -> bool:
+        return self.beta != 0
 
 
 # algorithm=<name> -> its schema (conf/algorithm/<name>.yaml composes onto it)
@@ -343,22 +360,27 @@ def register_configs() -> None:
 def typed_config(cfg) -> RootConfig:
     """The run's configuration as the schema's objects (RootConfig, the algorithm's own
     dataclass under ``algorithm``): converted once where a run or tool starts, then read
-    as attributes everywhere. Takes a composed DictConfig, a plain mapping or a RootConfig."""
+    as attributes everywhere. Takes a composed DictConfig, any other DictConfig or mapping
+    (e.g. a saved .hydra/config.yaml) or a RootConfig."""
     from omegaconf import DictConfig
     from omegaconf.errors import MissingMandatoryValue
 
+    from autorlhf_nemo.config.validate import ConfigError
+
     if isinstance(cfg, RootConfig):
         return cfg
-    if not isinstance(cfg, DictConfig):  # a plain mapping (tools, tests): onto the schemas
-        values = dict(cfg)
+    if not (isinstance(cfg, DictConfig) and OmegaConf.get_type(cfg) is RootConfig):
+        # not composed onto the schemas (a plain mapping, a loaded YAML file): put it onto them
+        values = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
         base = OmegaConf.structured(RootConfig)
         algorithm = values.get("algorithm")
         if algorithm is not None:
-            base.algorithm = OmegaConf.structured(ALGORITHMS[algorithm["name"]])
+            name = algorithm.get("name")
+            if name not in ALGORITHMS:
+                raise ConfigError([f"algorithm.name={name!r} is unknown: use one of {sorted(ALGORITHMS)}"])
+            base.algorithm = OmegaConf.structured(ALGORITHMS[name])
         cfg = OmegaConf.merge(base, values)
     try:
         return OmegaConf.to_object(cfg)
     except MissingMandatoryValue as error:
-        from autorlhf_nemo.config.validate import ConfigError
-
         raise ConfigError([f"{error.full_key} has no value (???): set it, e.g. {error.full_key}=..."]) from None

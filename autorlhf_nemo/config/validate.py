@@ -203,6 +203,9 @@ def _unknown_keys(schema: type, values: Mapping[str, Any], prefix: str = "") -> 
     for key, value in values.items():
         if prefix == "algorithm." and key in fields:
             continue
+        if prefix == "algorithm." and key in RENAMED_OPTIONS:
+            unknown.append(renamed_option_message(key))
+            continue
         if prefix == "algorithm.":
             owners = [n for n, other in ALGORITHMS.items() if key in {f.name for f in dataclasses.fields(other)}]
             if owners:
@@ -228,6 +231,15 @@ def _unknown_keys(schema: type, values: Mapping[str, Any], prefix: str = "") -> 
     return unknown
 
 
+# Options renamed when every online algorithm came to share one batch shape: old name -> the new one.
+RENAMED_OPTIONS = {"rollouts_per_step": "prompts_per_step (each prompt is sampled samples_per_prompt times)",
+                   "ppo_epochs": "epochs"}
+
+
+def renamed_option_message(key: str) -> str:
+    return f"algorithm.{key} was renamed: use algorithm.{RENAMED_OPTIONS[key]}"
+
+
 def foreign_option_message(key: str, algorithm: str | None, owners: list[str]) -> str:
     """The problem of ``algorithm.<key>`` set for an algorithm that does not have it."""
     return (f"algorithm.{key} is an option of {' and '.join(f'algorithm={o}' for o in owners)}, not of "
@@ -239,16 +251,16 @@ def foreign_option_problems(overrides: list[str]) -> list[str]:
     than the one ``algorithm=<name>`` selects. Hydra would reject them as unknown keys (and
     suggest adding them with '+'); this names the algorithm they belong to instead."""
     chosen = [o.split("=", 1)[1] for o in overrides if o.startswith("algorithm=")]
-    if not chosen or chosen[-1] not in ALGORITHMS:
-        return []
-    own = {f.name for f in dataclasses.fields(ALGORITHMS[chosen[-1]])}
+    own = {f.name for f in dataclasses.fields(ALGORITHMS[chosen[-1]])} if chosen and chosen[-1] in ALGORITHMS else None
     problems = []
     for override in overrides:
-        if not override.startswith("algorithm.") or "=" not in override:
+        if not override.lstrip("+~").startswith("algorithm.") or "=" not in override:
             continue
-        key = override.split("=", 1)[0][len("algorithm."):]
+        key = override.lstrip("+~").split("=", 1)[0][len("algorithm."):]
         owners = [n for n, other in ALGORITHMS.items() if key in {f.name for f in dataclasses.fields(other)}]
-        if key not in own and owners:
+        if key in RENAMED_OPTIONS:
+            problems.append(renamed_option_message(key))
+        elif own is not None and key not in own and owners:
             problems.append(foreign_option_message(key, chosen[-1], owners))
     return problems
 
@@ -444,7 +456,8 @@ def _batch_problems(a: dict, micro_batch_size: int, dp: int) -> list[str]:
         return problems
     per_prompt = learner_rows_per_prompt(a["name"], k)
     rows = prompts // shares * per_prompt
-    rollouts = prompts // dp * k
+    # every sample goes through the experience forwards, except online DPO's (only its pairs do)
+    rollouts = prompts // dp * (per_prompt if a["name"] == "online_dpo" else k)
     if rows % micro_batch_size or rollouts % micro_batch_size:
         problems.append(
             f"algorithm.prompts_per_step={prompts} gives each data-parallel rank {rollouts} samples and each of "

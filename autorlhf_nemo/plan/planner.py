@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from autorlhf_nemo.config.schema import PPOConfig, RootConfig, typed_config
-from autorlhf_nemo.config.validate import ConfigError, validate_config
+from autorlhf_nemo.config.schema import RootConfig, typed_config
+from autorlhf_nemo.config.validate import ConfigError, learner_rows_per_prompt, validate_config
 from autorlhf_nemo.models.gpt import padded_vocab_size
 from autorlhf_nemo.plan.memory import DTYPE_BYTES, GIB, Shapes, StageMemory, stage_memory
 from autorlhf_nemo.plan.meta_world import fake_rank, stage_rank
@@ -79,9 +79,10 @@ def world_size_of(cfg: RootConfig) -> int:
 def plan_layout(cfg) -> Plan:
     """Validate ``cfg`` (composed, or a RootConfig) at its world size, then count and budget
     every stage. Raises ConfigError for a broken layout (before anything is built)."""
-    world = world_size_of(typed_config(cfg))
+    typed = typed_config(cfg)
+    world = world_size_of(typed)
     validate_config(cfg, world_size=world)
-    cfg = typed_config(cfg)
+    cfg = typed
     m, p, t, a, c = cfg.model, cfg.parallel, cfg.train, cfg.algorithm, cfg.cluster
     tp, pp, cp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size, p.context_parallel_size
     dp = world // (tp * pp * cp)
@@ -93,7 +94,8 @@ def plan_layout(cfg) -> Plan:
 
     if a is not None:
         rollouts = a.prompts_per_step * a.samples_per_prompt
-        micro_batches = rollouts // (dp * a.minibatches * t.micro_batch_size)
+        learner_rows = a.prompts_per_step * learner_rows_per_prompt(a.name, a.samples_per_prompt)
+        micro_batches = learner_rows // (dp * a.minibatches * t.micro_batch_size)
         generation_batch = -(-max(rollouts, cfg.task.num_eval_prompts) // dp)
     else:
         micro_batches = t.global_batch_size // (dp * t.micro_batch_size)
@@ -134,12 +136,13 @@ def _count_stage(cfg: RootConfig) -> StageCounts:
     from autorlhf_nemo.models.reference import ReferenceModel, freeze_trunk
 
     k = algorithm.num_layers_unfrozen
-    reference = ReferenceModel(gpt, cfg, k, on_meta=True)
+    reference = ReferenceModel(gpt, cfg, k, on_meta=True) if algorithm.uses_reference() else None
     freeze_trunk(gpt, k)
-    policy = PolicyModel(gpt, value_head_seed=algorithm.value_head_seed if isinstance(algorithm, PPOConfig) else None)
+    policy = PolicyModel(gpt, value_head_seed=algorithm.critic_seed())
     head = sum(p.numel() for p in policy.value_head.parameters()) if policy.value_head is not None else 0
     trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
-    reference_own = sum(p.numel() for p in reference.model.parameters()) - reference.shared_parameters(gpt)
+    reference_own = 0 if reference is None else \
+        sum(p.numel() for p in reference.model.parameters()) - reference.shared_parameters(gpt)
     return StageCounts(layers, trunk, sharded, head=head, trainable=trainable, reference=reference_own)
 
 

@@ -51,7 +51,7 @@ def parity_worker(out: Path, rehearsal: bool) -> None:
     from transformers import LlamaForCausalLM
 
     from autorlhf_nemo.config.compose import compose_typed_config
-        from autorlhf_nemo.convert.hf_llama import load_hf_checkpoint
+    from autorlhf_nemo.convert.hf_llama import load_hf_checkpoint
     from autorlhf_nemo.generation import Generator, SamplingParams
     from autorlhf_nemo.generation.engine import left_pad
     from autorlhf_nemo.models.gpt import attention_mask, build_model

@@ -105,9 +105,10 @@ echo "smoke.sh: venv $VENV ready in $(( $(date +%s) - T0 )) s"
 "$VPY" tests/gpu/smoke.py --versions 2>>"$LOG" || fail "version report"
 T1=$(date +%s)
 "$VPY" -c "import autorlhf_nemo.__main__, autorlhf_nemo.jobs; from nemo.core import ModelPT; \
-from autorlhf_nemo.algorithms.ppo.trainer import PPOTrainer; from autorlhf_nemo.algorithms.ppo.model import PPOModel" \
-  >>"$LOG" 2>&1 || fail "importing the PPO path (autorlhf_nemo, nemo.core.ModelPT, megatron.core)"
-echo "smoke.sh: the PPO path imports ($(( $(date +%s) - T1 )) s)"
+from autorlhf_nemo.algorithms.trainer import RLTrainer; from autorlhf_nemo.algorithms import model_class; \
+[model_class(name) for name in ('ppo', 'online_dpo', 'rloo', 'grpo')]" \
+  >>"$LOG" 2>&1 || fail "importing the RL path (autorlhf_nemo, nemo.core.ModelPT, megatron.core, every algorithm)"
+echo "smoke.sh: the RL path imports ($(( $(date +%s) - T1 )) s)"
 
 # ---------------------------------------------------------------- the checks
 timeout $((BUDGET + 60)) "$VPY" tests/gpu/smoke.py ${REHEARSAL[@]+"${REHEARSAL[@]}"} --budget "$BUDGET" --checks "$CHECKS" --out "$WORK"

@@ -11,7 +11,6 @@ import argparse
 
 import torch
 import torch.distributed as dist
-from megatron.core import parallel_state
 
 from autorlhf_nemo.algorithms import model_class
 from autorlhf_nemo.algorithms.trainer import RLTrainer

@@ -47,7 +47,8 @@ def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: 
     per_token = -torch.minimum(ratio * adv, torch.clamp(ratio, 1 - clip_low, 1 + clip_high) * adv)
     kl = None
     if beta != 0:
-        delta = ref_logprobs - logprobs
+        # only response tokens: elsewhere the log-probs are not of sampled tokens and exp() could overflow
+        delta = torch.where(mask.bool(), ref_logprobs - logprobs, 0.0)
         kl = torch.exp(delta) - delta - 1
         per_token = per_token + beta * kl
     tokens = mask.sum()

@@ -26,7 +26,7 @@ class GRPOModel(OnlineModel):
         batch = self.sequence_batch(g)
         batch["advantages"] = advantages
         policy = self.policy_logprobs(batch, g) if self.updates_per_step > 1 else None
-        ref = self.reference_logprobs(batch, g) if a.beta != 0 else None
+        ref = self.reference_logprobs(batch, g)          # None without a reference (beta 0)
         if not parallel_state.is_pipeline_last_stage():
             return batch, {}
         old = policy[0] if policy is not None else None
@@ -34,8 +34,7 @@ class GRPOModel(OnlineModel):
         batch = self.with_per_token(batch, g, fields)
         dp = parallel_state.get_data_parallel_group()
         rows = torch.ones_like(scores)
-        stats = {"score": masked_mean(scores, rows, dp).item(),
-                 "response_length": masked_mean(g.response_mask.sum(-1).float(), rows, dp).item(),
+        stats = {**self.sample_stats(scores, g),
                  "zero_std_fraction": masked_mean(zero_std.float(), torch.ones_like(zero_std.float()), dp).item()}
         if ref is not None and old is not None:
             stats["kl"] = masked_mean((old - ref).sum(-1), rows, dp).item()
@@ -50,7 +49,6 @@ class GRPOModel(OnlineModel):
             ref = batch.get("ref_logprobs")
             loss, count, stats = grpo_loss(logprobs, old, ref, batch["advantages"], mask, a.clip_low, a.clip_high,
                                            a.beta, a.loss_aggregation)
-            stats["loss"] = (loss.detach(), count)
             if ref is not None:
                 stats["sequence_kl"] = (sequence_sums((logprobs - ref).detach(), mask).sum(), mask.shape[0])
             return loss, count, stats

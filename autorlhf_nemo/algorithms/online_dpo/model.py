@@ -33,9 +33,7 @@ class OnlineDPOModel(OnlineModel):
         batch["ref_logps"] = ref.sum(-1)
         dp = parallel_state.get_data_parallel_group()
         kept = (~tie).float()
-        stats = {"score": masked_mean(scores, torch.ones_like(scores), dp).item(),
-                 "response_length": masked_mean(g.response_mask.sum(-1).float(), torch.ones_like(scores), dp).item(),
-                 "tie_fraction": masked_mean(tie.float(), torch.ones_like(kept), dp).item()}
+        stats = {**self.sample_stats(scores, g), "tie_fraction": masked_mean(tie.float(), torch.ones_like(kept), dp).item()}
         pairs_kept = kept.sum().reshape(1).double()
         torch.distributed.all_reduce(pairs_kept, group=dp)
         if pairs_kept.item() > 0:  # the scores of the pairs that enter the loss
@@ -51,7 +49,6 @@ class OnlineDPOModel(OnlineModel):
             ref = batch["ref_logps"]
             loss, count, stats = dpo_loss(logps[0::2], logps[1::2], ref[0::2], ref[1::2], a.beta, a.loss_type,
                                           batch[ROW_WEIGHT][0::2])
-            stats["loss"] = (loss.detach(), count)
             stats["sequence_kl"] = ((logps - ref).detach().sum(), logps.shape[0])
             return loss, count, stats
 

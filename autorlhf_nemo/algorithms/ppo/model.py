@@ -21,7 +21,6 @@ from autorlhf_nemo.algorithms.ppo.step import ppo_forward_step
 
 class PPOModel(OnlineModel):
     def __init__(self, cfg, runtime, init_weights):
-        self.value_head_seed = cfg.algorithm.value_head_seed
         super().__init__(cfg, runtime, init_weights)
         a = cfg.algorithm
         self.kl_controller = make_kl_controller(a.init_kl_coef, a.target_kl, a.kl_horizon)

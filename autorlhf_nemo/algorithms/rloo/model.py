@@ -22,7 +22,7 @@ class RLOOModel(OnlineModel):
         scores = rollout.sequence_scores
         batch = self.sequence_batch(g)
         policy = self.policy_logprobs(batch, g)
-        ref = self.reference_logprobs(batch, g) if a.kl_coef != 0 else None
+        ref = self.reference_logprobs(batch, g)          # None without a reference (kl_coef 0)
         if not parallel_state.is_pipeline_last_stage():
             return batch, {}
         old = policy[0]
@@ -33,8 +33,7 @@ class RLOOModel(OnlineModel):
         if a.whiten_advantages:
             advantages = masked_whiten(advantages, rows, group=dp)
         batch.update(old_logps=old.sum(-1), advantages=advantages)
-        stats = {"score": masked_mean(scores, rows, dp).item(), "rlhf_reward": masked_mean(rewards, rows, dp).item(),
-                 "response_length": masked_mean(g.response_mask.sum(-1).float(), rows, dp).item()}
+        stats = {**self.sample_stats(scores, g), "rlhf_reward": masked_mean(rewards, rows, dp).item()}
         if ref is not None:
             stats["kl"] = masked_mean(kl, rows, dp).item()
         return batch, stats
@@ -45,7 +44,6 @@ class RLOOModel(OnlineModel):
         def loss_fn(logprobs, batch):
             logps = sequence_sums(logprobs, batch["action_mask"])
             loss, count, stats = rloo_loss(logps, batch["old_logps"], batch["advantages"], a.clip_ratio)
-            stats["loss"] = (loss.detach(), count)
             return loss, count, stats
 
         return policy_forward_step(self.vocab_size, self.temperature, loss_fn)
