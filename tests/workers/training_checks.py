@@ -73,8 +73,8 @@ def entropy_checks(cfg, hf):
     seen = []
     original = ppo_step.entropy
 
-    def recording(logits, vocab_size):
-        out = original(logits, vocab_size)
+    def recording(logits, vocab_size, temperature=1.0):
+        out = original(logits, vocab_size, temperature)
         seen.append(out.requires_grad)
         return out
 
