@@ -111,7 +111,10 @@ def run_trl(spec: dict) -> dict:
     common = dict(output_dir=str(Path(spec["out"]) / "trl"), learning_rate=LR, lr_scheduler_type="constant",
                   max_grad_norm=1.0, max_steps=spec["steps"], logging_steps=1, save_strategy="no", report_to=[],
                   use_cpu=True, seed=spec["seed"], weight_decay=0.0, adam_beta2=0.999, gradient_accumulation_steps=1,
-                  disable_tqdm=True, temperature=TEMPERATURE, top_k=0, top_p=1.0)
+                  disable_tqdm=True, temperature=TEMPERATURE, top_k=0, top_p=1.0,
+                  # fp32 as ours (TRL turns bf16 autocast on by default: on a CPU without native bf16
+                  # GEMM that is 10x slower), and no activation recomputation (ours keeps activations)
+                  bf16=False, fp16=False, gradient_checkpointing=False)
     if algorithm == "online_dpo":
         from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
 
@@ -155,14 +158,12 @@ class Evaluator:
         self.prompts = prompts
         chats = [self.tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
                                                     tokenize=False) for p in prompts]
-        self.batch = self.tokenizer(chats, return_tensors="pt", padding=True, add_special_tokens=False)
+        batch = self.tokenizer(chats, return_tensors="pt", padding=True, add_special_tokens=False)
+        self.batch = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
     def __call__(self, model_dir: str | None) -> dict:
-        from transformers import AutoModelForCausalLM
-
         torch = self.torch
-        model = self.initial if model_dir is None else \
-            AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+        model = self.initial if model_dir is None else self._load(model_dir)
         pad = self.tokenizer.pad_token_id
         with torch.no_grad():
             greedy = model.generate(**self.batch, max_new_tokens=MAX_NEW, do_sample=False, pad_token_id=pad)
@@ -174,6 +175,24 @@ class Evaluator:
         texts = self.tokenizer.batch_decode(greedy[:, width:], skip_special_tokens=True)
         rewards = self.reward(samples=texts, prompts=self.prompts, outputs=texts)
         return {"reward": sum(rewards) / len(rewards), "kl": kl}
+
+    def _load(self, model_dir: str):
+        """The final weights in the initial model's architecture and config: each framework writes
+        config.json its own way (transformers 5, which TRL runs on, keeps RoPE's base under
+        rope_parameters, where the 4.x that reads it here would not look)."""
+        import copy
+        import glob
+
+        from safetensors.torch import load_file
+
+        weights = {}
+        for path in glob.glob(f"{model_dir}/*.safetensors"):
+            weights.update(load_file(path))
+        model = copy.deepcopy(self.initial)
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        if unexpected or set(missing) - {"lm_head.weight"}:  # lm_head is tied to the embedding
+            raise RuntimeError(f"{model_dir}: missing {missing}, unexpected {unexpected}")
+        return model.eval()
 
     def _kl(self, model, sequences) -> float:
         """Mean over prompts of sum_t log pi(y_t) - log pi_init(y_t), tempered, over each completion

@@ -51,7 +51,7 @@ def test_attention_mask_formats():
 
 def test_ppo_rows_put_real_tokens_first(monkeypatch):
     """make_sequence_batch turns left-padded prompts into rows that read prompt, response,
-    padding (what TE's padding mask needs), with per-token fields at their labels."""
+    padding (what TE's padding mask needs); response token t is predicted at response_index."""
     prompt_ids = torch.tensor([[0, 0, 7, 8], [5, 6, 7, 8]])
     prompt_mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
     response_ids = torch.tensor([[11, 12, 0], [21, 22, 23]])
@@ -59,13 +59,12 @@ def test_ppo_rows_put_real_tokens_first(monkeypatch):
     logprobs = torch.tensor([[-1.0, -2.0, 0.0], [-3.0, -4.0, -5.0]])
     batch = make_sequence_batch(prompt_ids, prompt_mask, response_ids, response_mask, old_logprobs=logprobs)
     assert batch["tokens"].tolist() == [[7, 8, 11, 12, 0, 0], [5, 6, 7, 8, 21, 22]]
-    assert batch["labels"].tolist() == [[8, 11, 12, 0, 0, 0], [6, 7, 8, 21, 22, 23]]
-    assert batch["loss_mask"].tolist() == [[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1]]
     assert batch["position_ids"][0].tolist() == [0, 1, 2, 3, 3, 3]
-    assert batch["action_mask"].tolist() == [[0, 1, 1, 0, 0, 0], [0, 0, 0, 1, 1, 1]]
-    assert batch["old_logprobs"].tolist() == [[0, -1, -2, 0, 0, 0], [0, 0, 0, -3, -4, -5]]
-    positions = response_positions(prompt_mask, 3)
-    assert torch.equal(batch["labels"].gather(1, positions) * response_mask, response_ids)
+    assert batch["response_index"].tolist() == [[1, 2, 3], [3, 4, 5]] == response_positions(prompt_mask, 3).tolist()
+    # the token after each response position is the response token it predicts
+    following = torch.cat([batch["tokens"][:, 1:], torch.tensor([[0], [23]])], dim=1)
+    assert torch.equal(following.gather(1, batch["response_index"]) * response_mask, response_ids)
+    assert batch["old_logprobs"] is logprobs and batch["response_mask"].tolist() == [[1, 1, 0], [1, 1, 1]]
     # Where Transformer Engine is the spec, the same rows come with TE's mask, accepted as they are.
     monkeypatch.setattr(gpt, "transformer_engine_available", lambda: True)
     te = make_sequence_batch(prompt_ids, prompt_mask, response_ids, response_mask)["attention_mask"]

@@ -32,7 +32,7 @@ from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from nemo.core import ModelPT
 from omegaconf import DictConfig, OmegaConf
 
-from autorlhf_nemo.algorithms.batch import at_labels, make_sequence_batch
+from autorlhf_nemo.algorithms.batch import make_sequence_batch
 from autorlhf_nemo.algorithms.experience import Rollout, response_forward
 from autorlhf_nemo.checkpoint.dist import per_layer_keys
 from autorlhf_nemo.config.schema import RootConfig
@@ -173,30 +173,23 @@ class OnlineModel(ModelPT):
             batch["trunk_hidden"] = self.trunk.hidden(batch, self.micro_batch_size)
         return batch
 
-    @staticmethod
-    def with_per_token(batch: dict, generation: GenerationOutput, fields: dict) -> dict:
-        """``batch`` plus the [b, R] ``fields`` placed at their tokens' label positions."""
-        width = batch["tokens"].shape[1]
-        return {**batch, **{name: at_labels(value, generation.prompt_mask, width) for name, value in fields.items()}}
-
     def _top(self, gpt):
         """Run only the layers above the cached trunk (when it is cached)."""
         return self.trunk.top(gpt) if self.trunk else contextlib.nullcontext()
 
-    def policy_logprobs(self, batch: dict, generation: GenerationOutput, with_values: bool = False):
+    def policy_logprobs(self, batch: dict, with_values: bool = False):
         """(log-probs [b, R], values [b, R] or None) of the current policy on the last stage; None elsewhere."""
         with self._top(self.policy.module.gpt):
-            return response_forward(self.policy, batch, generation.prompt_mask, generation.response_mask,
-                                    self.vocab_size, self.micro_batch_size, self.temperature, with_values)
+            return response_forward(self.policy, batch, self.vocab_size, self.micro_batch_size, self.temperature,
+                                    with_values)
 
-    def reference_logprobs(self, batch: dict, generation: GenerationOutput):
+    def reference_logprobs(self, batch: dict):
         """Log-probs [b, R] of the reference on the last stage; None elsewhere (and where the
         algorithm has no reference: ``uses_reference``)."""
         if self.reference is None:
             return None
         with self.reference.on_device() as reference, self._top(reference):
-            out = response_forward(reference, batch, generation.prompt_mask, generation.response_mask,
-                                   self.vocab_size, self.micro_batch_size, self.temperature)
+            out = response_forward(reference, batch, self.vocab_size, self.micro_batch_size, self.temperature)
         return None if out is None else out[0]
 
     # ------------------------------------------------------------------ learning

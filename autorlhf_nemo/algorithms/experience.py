@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import torch
 from megatron.core import parallel_state
 
-from autorlhf_nemo.algorithms.batch import at_responses
 from autorlhf_nemo.generation import GenerationOutput
 from autorlhf_nemo.models.reference import model_inputs
+from autorlhf_nemo.models.response_logits import response_logits
 from autorlhf_nemo.ops.vocab_parallel import token_log_probs
 from autorlhf_nemo.training.batching import data_parallel_microbatches
 from autorlhf_nemo.training.engine import forward_only
@@ -53,26 +53,29 @@ def penalize_missing_eos(scores: torch.Tensor, generation: GenerationOutput, pen
     return torch.where(missing[:, None], penalised, scores)
 
 
-def response_forward(model, batch: dict, prompt_mask, response_mask, vocab_size: int, micro_batch_size: int,
-                     temperature: float = 1.0, with_values: bool = False):
+def response_forward(model, batch: dict, vocab_size: int, micro_batch_size: int, temperature: float = 1.0,
+                     with_values: bool = False):
     """Log-probs [b, R] of the response tokens of ``batch`` (from make_sequence_batch) under
     softmax(logits / temperature), and values [b, R] from a PolicyModel with a value head
-    (``with_values``), on the last stage; None elsewhere."""
+    (``with_values``), on the last stage (0 where masked); None elsewhere."""
     micro = data_parallel_microbatches(batch, 0, 1, micro_batch_size)
     seq = batch["tokens"].shape[1]
 
     def step(mb, model):
-        output = model(mb["tokens"], mb["position_ids"], mb["attention_mask"], **model_inputs(mb))
+        with response_logits(model, mb["response_index"]):
+            output = model(mb["tokens"], mb["position_ids"], mb["attention_mask"], **model_inputs(mb))
 
         def collect(out, non_loss_data=False):
             logits, values = out if with_values else (out, None)
-            return token_log_probs(logits, mb["labels"], vocab_size, temperature), values
+            logprobs = token_log_probs(logits, mb["response_ids"], vocab_size, temperature) * mb["response_mask"]
+            if values is not None:
+                values = values.gather(1, mb["response_index"]) * mb["response_mask"]
+            return logprobs, values
 
         return output, collect
 
     outputs = forward_only(model, micro, len(micro), step, seq, micro_batch_size)
     if not parallel_state.is_pipeline_last_stage():
         return None
-    logprobs = at_responses(torch.cat([o[0] for o in outputs]), prompt_mask, response_mask)
-    values = at_responses(torch.cat([o[1] for o in outputs]), prompt_mask, response_mask) if with_values else None
-    return logprobs, values
+    logprobs = torch.cat([o[0] for o in outputs])
+    return logprobs, torch.cat([o[1] for o in outputs]) if with_values else None

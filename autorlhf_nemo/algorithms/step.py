@@ -1,11 +1,11 @@
 """The learning step of algorithms without a value head, as a Megatron forward step.
 
 A micro-batch holds whole rows of ``make_sequence_batch`` (prompt, response, padding)
-with the algorithm's fields; the policy's log-probs of the sampled distribution,
-softmax(logits / temperature), at every label position [b, S] go to the algorithm's
-loss, a pure function
+with the algorithm's fields; the policy's log-probs of its response tokens under the
+sampled distribution, softmax(logits / temperature), [b, R] (logits computed at those
+positions only), go to the algorithm's loss, a pure function
 
-    loss_fn(logprobs [b, S], batch) -> (loss_sum, count, {name: (sum, count)})
+    loss_fn(logprobs [b, R], batch) -> (loss_sum, count, {name: (sum, count)})
 
 ``count`` is the loss's own unit (tokens, sequences, pairs): Megatron divides the
 accumulated gradients by its total over the minibatch and the DP group
@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 
 from autorlhf_nemo.models.reference import model_inputs
+from autorlhf_nemo.models.response_logits import response_logits
 from autorlhf_nemo.ops.vocab_parallel import token_log_probs
 
 LossFn = Callable[[torch.Tensor, dict], tuple]
@@ -29,10 +30,11 @@ def policy_forward_step(vocab_size: int, temperature: float, loss_fn: LossFn):
     """forward_step(batch, model) for Megatron's schedules; model is a PolicyModel without a head."""
 
     def forward_step(batch: dict, model):
-        output = model(batch["tokens"], batch["position_ids"], batch["attention_mask"], **model_inputs(batch))
+        with response_logits(model, batch["response_index"]):
+            output = model(batch["tokens"], batch["position_ids"], batch["attention_mask"], **model_inputs(batch))
 
         def loss_func(logits, non_loss_data: bool = False):
-            logprobs = token_log_probs(logits, batch["labels"], vocab_size, temperature)
+            logprobs = token_log_probs(logits, batch["response_ids"], vocab_size, temperature) * batch["response_mask"]
             loss, count, reports = loss_fn(logprobs, batch)
             reports = {"loss": (loss, count), **reports}
 
@@ -48,5 +50,5 @@ def policy_forward_step(vocab_size: int, temperature: float, loss_fn: LossFn):
 
 
 def sequence_sums(per_token: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """[b, S] per-token values -> [b] sums over each row's response tokens (``mask`` = action_mask)."""
+    """[b, R] per-token values -> [b] sums over each row's response tokens (``mask``: response_mask)."""
     return (per_token * mask).sum(-1)

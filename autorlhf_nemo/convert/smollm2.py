@@ -18,7 +18,7 @@ from pathlib import Path
 NAME = "smollm2-135m-instruct"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Bump when the cached layout changes; an older or unmarked cache is rebuilt.
-_CACHE_FORMAT = "3"
+_CACHE_FORMAT = "4"
 
 
 def cache_root() -> Path:
@@ -58,6 +58,8 @@ def ensure_checkpoint() -> Path:
     config = model.config.to_dict()
     config.pop("quantization_config", None)
     config["torch_dtype"] = "float32"
+    # what loaders that pick the class from the checkpoint read (TRL's reference model, Auto classes)
+    config["architectures"] = [type(model).__name__]
 
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{NAME}-", dir=target.parent))

@@ -31,9 +31,9 @@ def temperature_check(trainer, model) -> dict:
     generation = trainer.generator.generate(prompts, trainer._sampling(seed=5, row_seeds=list(range(16))),
                                             samples_per_prompt=2)
     batch = model.sequence_batch(generation)
-    tempered = model.policy_logprobs(batch, generation)
+    tempered = model.policy_logprobs(batch)
     saved, model.temperature = model.temperature, 1.0
-    plain = model.policy_logprobs(batch, generation)
+    plain = model.policy_logprobs(batch)
     model.temperature = saved
     if tempered is None:
         return {}

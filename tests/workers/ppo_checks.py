@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
-from autorlhf_nemo.algorithms.batch import at_labels, make_sequence_batch
+from autorlhf_nemo.algorithms.batch import make_sequence_batch
 from autorlhf_nemo.algorithms.experience import response_forward
 from autorlhf_nemo.algorithms.ppo.rollout import ppo_experience
 from autorlhf_nemo.algorithms.ppo.step import ppo_forward_step
@@ -67,16 +67,15 @@ def main():
     reference = build_model(cfg)
     load_hf_checkpoint(reference, args.hf, m)
     batch = make_sequence_batch(prompt_ids, prompt_mask, response_ids, response_mask, multiple)
-    policy_out = response_forward(ddp, batch, prompt_mask, response_mask, vocab, MICRO, with_values=True)
-    reference_out = response_forward(reference, batch, prompt_mask, response_mask, vocab, MICRO)
+    policy_out = response_forward(ddp, batch, vocab, MICRO, with_values=True)
+    reference_out = response_forward(reference, batch, vocab, MICRO)
     result = {}
     if parallel_state.is_pipeline_last_stage():
         (logprobs, values), ref_logprobs = policy_out, reference_out[0]
         experience, result["rollout"] = ppo_experience(torch.linspace(-1, 1, N)[rows], response_mask, logprobs,
                                                        values, ref_logprobs, kl_coef=0.1, gamma=1.0, lam=0.95)
         result["kl_abs_max"] = experience.kl.abs().max().item()
-        width = batch["tokens"].shape[1]
-        batch.update({name: at_labels(value, prompt_mask, width) for name, value in experience.per_token().items()})
+        batch.update(experience.per_token())
     seq = batch["tokens"].shape[1]  # P + R - 1, padded to the SP multiple
     micro = data_parallel_microbatches(batch, 0, 1, MICRO)
     step = ppo_forward_step(vocab, clip_ratio=0.2, clip_value=0.2, vf_coef=0.5, entropy_coef=0.01)

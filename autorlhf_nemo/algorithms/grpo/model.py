@@ -25,13 +25,12 @@ class GRPOModel(OnlineModel):
         advantages, zero_std = grpo_advantages(scores, rollout.samples_per_prompt, a.epsilon, a.scale_rewards)
         batch = self.sequence_batch(g)
         batch["advantages"] = advantages
-        policy = self.policy_logprobs(batch, g) if self.updates_per_step > 1 else None
-        ref = self.reference_logprobs(batch, g)          # None without a reference (beta 0)
+        policy = self.policy_logprobs(batch) if self.updates_per_step > 1 else None
+        ref = self.reference_logprobs(batch)          # None without a reference (beta 0)
         if not parallel_state.is_pipeline_last_stage():
             return batch, {}
         old = policy[0] if policy is not None else None
-        fields = {k: v for k, v in (("ref_logprobs", ref), ("old_logprobs", old)) if v is not None}
-        batch = self.with_per_token(batch, g, fields)
+        batch.update({k: v for k, v in (("ref_logprobs", ref), ("old_logprobs", old)) if v is not None})
         dp = parallel_state.get_data_parallel_group()
         rows = torch.ones_like(scores)
         stats = {**self.sample_stats(scores, g),
@@ -44,7 +43,7 @@ class GRPOModel(OnlineModel):
         a = self.run_cfg.algorithm
 
         def loss_fn(logprobs, batch):
-            mask = batch["action_mask"]
+            mask = batch["response_mask"]
             old = batch["old_logprobs"] if "old_logprobs" in batch else logprobs.detach()
             ref = batch.get("ref_logprobs")
             loss, count, stats = grpo_loss(logprobs, old, ref, batch["advantages"], mask, a.clip_low, a.clip_high,

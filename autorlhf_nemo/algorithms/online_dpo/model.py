@@ -27,7 +27,7 @@ class OnlineDPOModel(OnlineModel):
         pairs = g.select(rows.tolist())
         batch = self.sequence_batch(pairs)
         batch[ROW_WEIGHT] = (~tie).float().repeat_interleave(2)          # on every stage: skips agree
-        ref = self.reference_logprobs(batch, pairs)
+        ref = self.reference_logprobs(batch)
         if not parallel_state.is_pipeline_last_stage():
             return batch, {}
         batch["ref_logps"] = ref.sum(-1)
@@ -45,7 +45,7 @@ class OnlineDPOModel(OnlineModel):
         a = self.run_cfg.algorithm
 
         def loss_fn(logprobs, batch):
-            logps = sequence_sums(logprobs, batch["action_mask"])
+            logps = sequence_sums(logprobs, batch["response_mask"])
             ref = batch["ref_logps"]
             loss, count, stats = dpo_loss(logps[0::2], logps[1::2], ref[0::2], ref[1::2], a.beta, a.loss_type,
                                           batch[ROW_WEIGHT][0::2])

@@ -33,15 +33,15 @@ class PPOModel(OnlineModel):
             self.score_moments.update(scores, parallel_state.get_data_parallel_group())
             scores = scores / self.score_moments.std
         batch = self.sequence_batch(g)
-        policy_out = self.policy_logprobs(batch, g, with_values=True)
-        ref_logprobs = self.reference_logprobs(batch, g)
+        policy_out = self.policy_logprobs(batch, with_values=True)
+        ref_logprobs = self.reference_logprobs(batch)
         if policy_out is None:  # not the last pipeline stage: only the rows travel on
             return batch, {}
         logprobs, values = policy_out
         experience, stats = ppo_experience(scores, g.response_mask, logprobs, values, ref_logprobs,
                                            kl_coef=self.kl_controller.value, gamma=a.gamma, lam=a.lam,
                                            clip_reward=a.clip_reward, whiten_advantages=a.whiten_advantages)
-        return self.with_per_token(batch, g, experience.per_token()), stats
+        return {**batch, **experience.per_token()}, stats
 
     def forward_step(self):
         a = self.run_cfg.algorithm

@@ -33,7 +33,7 @@ class Experience:
     returns: torch.Tensor
 
     def per_token(self) -> dict:
-        """The fields the learning step reads, [b, R] each (make_sequence_batch places them)."""
+        """The fields the learning step reads, [b, R] each."""
         return {"old_logprobs": self.logprobs, "old_values": self.values, "advantages": self.advantages,
                 "returns": self.returns}
 

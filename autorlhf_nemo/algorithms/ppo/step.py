@@ -1,7 +1,8 @@
 """PPO's learning step as a Megatron forward step.
 
 A micro-batch holds whole sequences prepared by ``make_sequence_batch`` with the
-experience (old log-probs, old values, advantages, returns) at label positions.
+experience (old log-probs, old values, advantages, returns) [b, R] per response token;
+logits (and values) are taken at the response positions only.
 
 loss = policy_loss + vf_coef value_loss - entropy_coef entropy, each a sum over
 action tokens; the returned token count lets Megatron divide by the number of
@@ -17,6 +18,7 @@ import torch
 
 from autorlhf_nemo.algorithms.ppo.losses import policy_loss, value_loss
 from autorlhf_nemo.models.reference import model_inputs
+from autorlhf_nemo.models.response_logits import response_logits
 from autorlhf_nemo.ops.vocab_parallel import entropy, token_log_probs
 
 
@@ -25,12 +27,14 @@ def ppo_forward_step(vocab_size: int, clip_ratio: float, clip_value: float, vf_c
     """forward_step(batch, model) for Megatron's schedules; model is a PolicyModel with a value head."""
 
     def forward_step(batch: dict, model):
-        output = model(batch["tokens"], batch["position_ids"], batch["attention_mask"], **model_inputs(batch))
+        with response_logits(model, batch["response_index"]):
+            output = model(batch["tokens"], batch["position_ids"], batch["attention_mask"], **model_inputs(batch))
 
         def loss_func(output, non_loss_data: bool = False):
             logits, values = output
-            mask = batch["action_mask"]
-            logprobs = token_log_probs(logits, batch["labels"], vocab_size, temperature)
+            mask = batch["response_mask"]
+            logprobs = token_log_probs(logits, batch["response_ids"], vocab_size, temperature)
+            values = values.gather(1, batch["response_index"])
             pg, pg_stats = policy_loss(logprobs, batch["old_logprobs"], batch["advantages"], mask, clip_ratio)
             vf, vf_stats = value_loss(values, batch["old_values"], batch["returns"], mask, clip_value)
             loss = pg + vf_coef * vf

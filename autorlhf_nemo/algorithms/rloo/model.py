@@ -21,8 +21,8 @@ class RLOOModel(OnlineModel):
         a, g = self.run_cfg.algorithm, rollout.generation
         scores = rollout.sequence_scores
         batch = self.sequence_batch(g)
-        policy = self.policy_logprobs(batch, g)
-        ref = self.reference_logprobs(batch, g)          # None without a reference (kl_coef 0)
+        policy = self.policy_logprobs(batch)
+        ref = self.reference_logprobs(batch)          # None without a reference (kl_coef 0)
         if not parallel_state.is_pipeline_last_stage():
             return batch, {}
         old = policy[0]
@@ -42,7 +42,7 @@ class RLOOModel(OnlineModel):
         a = self.run_cfg.algorithm
 
         def loss_fn(logprobs, batch):
-            logps = sequence_sums(logprobs, batch["action_mask"])
+            logps = sequence_sums(logprobs, batch["response_mask"])
             loss, count, stats = rloo_loss(logps, batch["old_logps"], batch["advantages"], a.clip_ratio)
             return loss, count, stats
 
