@@ -90,6 +90,7 @@ def run_rl(cfg, prompts=None, reward_fn=None, eval_prompts=None) -> dict:
                              tokenizer_dir=resolve_hf_checkpoint(source) if source else None)
     summary["wall_seconds"] = time.perf_counter() - start
     summary["eval_prompts"] = task.eval_set  # null: the task's held-out prompts
+    summary["eval_note"] = task.eval_note
     summary["checkpoint_error"] = str(trainer.save_error) if trainer.save_error else None
     if runtime.rank == 0:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -107,6 +108,8 @@ def report(summary: dict, cfg: RootConfig) -> str:
     lines = [f"== {cfg.algorithm.name} on {cfg.task.name}: {cfg.train.total_steps} steps, run dir {cfg.run_dir}"]
     before, after = summary["before"], summary["after"]
     label = f"eval reward ({summary['eval_prompts']})" if summary["eval_prompts"] else "eval reward"
+    if summary.get("eval_note"):
+        lines.append(f"eval reward: {summary['eval_note']}")
     if before:
         lines.append(f"{label} before: {before['reward']:.3f}")
     lines.append(f"{label} after:  {after['reward']:.3f}"

@@ -33,6 +33,8 @@ class Task:
     # None: the evaluation prompts are the task's own held-out set; otherwise what they are
     # instead, as the report and summary.json name them.
     eval_set: str | None = None
+    # What the evaluation's reward measures, for the report (None: the reward function's score).
+    eval_note: str | None = None
 
 
 class TokenizerCodec:
@@ -90,7 +92,10 @@ def _randomwalks(cfg: RootConfig) -> Task:
 
     starts = list(walks.prompts)
     return Task("randomwalks", starts, starts[:task_cfg.num_eval_prompts], walks.reward_fn,
-                randomwalks.encode, randomwalks.decode, [randomwalks.EOS], randomwalks.EOS, init_weights)
+                randomwalks.encode, randomwalks.decode, [randomwalks.EOS], randomwalks.EOS, init_weights,
+                eval_note=f"optimality of greedy walks from the {len(starts)} start nodes (the dataset's walks of "
+                          f"graph seed {task_cfg.graph_seed} score {sum(walks.optimality(walks.walks)) / len(walks.walks):.2f}; "
+                          f"'before' is the pretrained walker's)")
 
 
 def _sentiment(cfg: RootConfig) -> Task:
