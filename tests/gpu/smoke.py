@@ -187,14 +187,14 @@ def checkpoint_problem(folder: Path) -> str | None:
     return None
 
 
-def ppo_run(name: str, overrides: list[str], steps: int, rehearsal: bool, out: Path, budget: Budget,
-            cap: float, env: dict) -> dict:
+def rl_run(name: str, overrides: list[str], steps: int, rehearsal: bool, out: Path, budget: Budget,
+           cap: float, env: dict, algorithm: str = "ppo") -> dict:
     """``python -m torch.distributed.run --standalone --nproc_per_node 1 -m autorlhf_nemo ...``;
     returns the figures and the list of problems (empty: PASS)."""
     run_dir = out / f"run_{name}"
     backend = "gloo" if rehearsal else "nccl"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
-           "-m", "autorlhf_nemo", "algorithm=ppo", "task=randomwalks", *overrides,
+           "-m", "autorlhf_nemo", f"algorithm={algorithm}", "task=randomwalks", *overrides,
            f"train.total_steps={steps}", f"parallel.backend={backend}", "logging.progress_bar=false",
            "logging.tensorboard=false", "checkpoint.resume=false", f"run_dir={run_dir}",
            f"hydra.run.dir={out / ('hydra_' + name)}"]
@@ -224,8 +224,9 @@ def ppo_run(name: str, overrides: list[str], steps: int, rehearsal: bool, out: P
     if bad:
         problems.append(f"non-finite metrics: {bad}")
     losses = sorted({k for r in fig["rows"] for k in r if k.startswith("learn/") and "loss" in k})
-    if fig["rows"] and not {"learn/policy_loss", "learn/value_loss"} <= set(losses):
-        problems.append(f"no policy/value losses in metrics.jsonl (have {losses})")
+    expected = {"learn/policy_loss", "learn/value_loss"} if algorithm == "ppo" else {"learn/loss"}
+    if fig["rows"] and not expected <= set(losses):
+        problems.append(f"no {sorted(expected)} in metrics.jsonl (have {losses})")
     fig["losses"] = {k: fig["rows"][-1][k] for k in losses} if fig["rows"] else {}
     fig["kl1"] = steps_rows.get(1, {}).get("rollout/kl")
     final = run_dir / "checkpoints" / f"step_{steps:06d}"
@@ -435,9 +436,10 @@ def check_parity(args, budget: Budget, env: dict, line) -> None:
 
 
 def check_tiny(args, budget: Budget, env: dict, line) -> dict:
-    """c. PPO on randomwalks, the task's tiny GPT, through the real command line."""
-    tiny = ppo_run("ppo_tiny", ["task.pretrain_steps=50"], 3, args.cpu_rehearsal, args.out, budget,
-                   cap=600 if args.cpu_rehearsal else 120, env=env)
+    """c. PPO on randomwalks, the task's tiny GPT, through the real command line; then 2 steps each of
+    online DPO and GRPO (the shared loop's other paths: pairs, no value head, response-only logits)."""
+    tiny = rl_run("ppo_tiny", ["task.pretrain_steps=50"], 3, args.cpu_rehearsal, args.out, budget,
+                  cap=600 if args.cpu_rehearsal else 120, env=env)
     if tiny.get("kl1") != 0.0 and not any("skipped" in p for p in tiny["problems"]):
         tiny["problems"].append(f"step-1 KL is {tiny.get('kl1')}, expected exactly 0")
     backend = "gloo" if args.cpu_rehearsal else f"nccl (NCCL {tiny.get('nccl')})"
@@ -448,6 +450,20 @@ def check_tiny(args, budget: Budget, env: dict, line) -> dict:
         losses = ", ".join(f"{k.split('/')[1]} {v:.4g}" for k, v in tiny["losses"].items())
         line(True, f"c. PPO randomwalks TP1 via torchrun, {backend}: 3 steps, exit 0, {tiny['seconds']:.0f} s wall "
              f"(pretraining 50 steps incl.); step-1 KL {tiny['kl1']}; step 3: {losses}; {tiny['checkpoint']}")
+    for algorithm in ("online_dpo", "grpo"):
+        run = rl_run(f"{algorithm}_tiny", ["task.pretrain_steps=50", "algorithm.prompts_per_step=32",
+                                           "train.micro_batch_size=16"], 2,
+                     args.cpu_rehearsal, args.out, budget, cap=600 if args.cpu_rehearsal else 90, env=env,
+                     algorithm=algorithm)
+        if run.get("kl1") != 0.0 and not any("skipped" in p for p in run["problems"]):
+            run["problems"].append(f"step-1 KL is {run.get('kl1')}, expected exactly 0")
+        if run["problems"]:
+            line(False, f"c. {algorithm} randomwalks TP1 via torchrun, {backend}: " + "; ".join(run["problems"])
+                 + f"\n{tail(run['log'])}")
+        else:
+            line(True, f"c. {algorithm} randomwalks TP1 via torchrun, {backend}: 2 steps, exit 0, "
+                 f"{run['seconds']:.0f} s wall; step-1 KL {run['kl1']}; step 2 loss {run['losses']['learn/loss']:.4g}; "
+                 f"{run['checkpoint']}")
     return tiny
 
 
@@ -462,8 +478,8 @@ def check_smol(args, budget: Budget, env: dict, line) -> dict:
         # 4 minibatches) takes over 10 minutes here; rehearse one step of 32 rollouts, one update.
         smol_overrides += ["algorithm.prompts_per_step=32", "algorithm.epochs=1", "algorithm.minibatches=1"]
         smol_steps = 1
-    smol = ppo_run("ppo_smollm2_shape", smol_overrides, smol_steps, args.cpu_rehearsal, args.out, budget,
-                   cap=900 if args.cpu_rehearsal else 150, env=env)
+    smol = rl_run("ppo_smollm2_shape", smol_overrides, smol_steps, args.cpu_rehearsal, args.out, budget,
+                  cap=900 if args.cpu_rehearsal else 150, env=env)
     if smol["problems"]:
         line(False, f"d. PPO SmolLM2-135M-shaped (30 layers, h576, vocab 49152), random init, bf16, {backend}: "
              + "; ".join(smol["problems"]) + f"\n{tail(smol['log'])}")
