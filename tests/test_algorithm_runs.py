@@ -23,6 +23,7 @@ RUNS = [(name, unfrozen) for name in ("online_dpo", "rloo", "grpo") for unfrozen
 LOSS_KEYS = {"online_dpo": ("loss", "margin", "rewards_chosen", "rewards_rejected", "sequence_kl"),
              "rloo": ("loss", "ratio", "approx_kl"),
              "grpo": ("loss", "ratio", "kl", "sequence_kl")}
+LOG_PROB_SUM_KEYS = {"margin", "rewards_chosen", "rewards_rejected", "sequence_kl"}
 
 
 @pytest.fixture(scope="module")
@@ -60,9 +61,12 @@ def test_first_minibatch_is_exactly_on_policy(runs):
 @pytest.mark.parametrize("layout", ["tp2", "pp2", "dp2", "tp2_sp"])
 def test_first_steps_are_layout_invariant(runs, layout):
     """Same samples (scores) as TP1, and every update of 2 steps the same: gradient norm within rel
-    1e-4, losses and their terms within rel 1e-4 (abs 1e-6 for values near 0: RLOO's loss is a sum of
-    advantages that cancel within each prompt, DPO's margins differences of nearly equal log-prob
-    sums; measured: TP reduction order moves them by <= 7e-7)."""
+    1e-4, losses and their terms within rel 1e-4, plus abs 1e-6 for values near 0 (RLOO's loss is a
+    sum of advantages that cancel within each prompt) and abs 5e-6 for differences of log-prob sums
+    over a response (DPO's margin and implicit rewards, the sequence KLs, ~1e-3 after one update):
+    each sum holds ~20 log-probs of size ~2, whose fp32 rounding (~2e-7 each) changes with the TP
+    split of the vocab-parallel log-softmax. Measured at TP2: <= 2.5e-6 on those, <= 1.1e-6 on
+    the rest. A TP bug (a missing reduction) moves them by O(1)."""
     for run in RUNS:
         for step, ((base, base_updates), (other, other_updates)) in enumerate(zip(runs["tp1"][run], runs[layout][run])):
             assert other["rollout/score"] == pytest.approx(base["rollout/score"], abs=1e-6), (run, step)
@@ -71,7 +75,8 @@ def test_first_steps_are_layout_invariant(runs, layout):
                 where = (layout, run, step, index)
                 assert abs(a["grad_norm"] - b["grad_norm"]) <= 1e-4 * a["grad_norm"], (*where, a["grad_norm"], b["grad_norm"])
                 for key in LOSS_KEYS[run[0]]:
-                    assert abs(a[key] - b[key]) <= 1e-4 * abs(a[key]) + 1e-6, (*where, key, a[key], b[key])
+                    floor = 5e-6 if key in LOG_PROB_SUM_KEYS else 1e-6
+                    assert abs(a[key] - b[key]) <= 1e-4 * abs(a[key]) + floor, (*where, key, a[key], b[key])
 
 
 def test_each_minibatch_logs_its_staleness(runs):
