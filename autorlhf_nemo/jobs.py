@@ -49,7 +49,7 @@ def run_job(cfg) -> None:
     shutdown()
 
 
-def run_rl(cfg, prompts=None, reward_fn=None, eval_prompts=None) -> dict:
+def run_rl(cfg, prompts=None, reward_fn=None, eval_prompts=None, samples=None, rewards=None) -> dict:
     """An RL run at the layout of ``cfg`` (composed, or a RootConfig): build the task and the algorithm's model,
     train (resuming from the newest complete checkpoint), export, report.
     Returns the trainer's summary (before/after evaluation, per-step history).
@@ -70,15 +70,24 @@ def run_rl(cfg, prompts=None, reward_fn=None, eval_prompts=None) -> dict:
     from autorlhf_nemo.parallel.runtime import initialize, shutdown
     from autorlhf_nemo.tasks import build_task
 
-    task = build_task(cfg, prompts=prompts, reward_fn=reward_fn, eval_prompts=eval_prompts)
+    task = build_task(cfg, prompts=prompts, reward_fn=reward_fn, eval_prompts=eval_prompts, samples=samples,
+                      rewards=rewards)
+    offline = offline_dataset(cfg, task) if task.samples is not None else None  # bad rows fail here, before any model
     runtime = initialize(cfg)
     if runtime.rank == 0:
         print(f"runtime: {runtime.describe()}", flush=True)
+        if offline is not None:
+            print(offline_summary(offline), flush=True)
     from autorlhf_nemo.algorithms import model_class
     from autorlhf_nemo.algorithms.trainer import RLTrainer
 
     model = model_class(cfg.algorithm.name)(cfg, runtime, task.init_weights)
-    trainer = RLTrainer(model, task, cfg)
+    if offline is not None:
+        from autorlhf_nemo.algorithms.ilql.trainer import OfflineTrainer
+
+        trainer = OfflineTrainer(model, task, cfg, offline)
+    else:
+        trainer = RLTrainer(model, task, cfg)
     summary = trainer.fit()
     run_dir = Path(cfg.run_dir)
     if cfg.checkpoint.export_hf:
@@ -88,6 +97,13 @@ def run_rl(cfg, prompts=None, reward_fn=None, eval_prompts=None) -> dict:
         source = cfg.model.hf_checkpoint
         export_hf_checkpoint(model.policy.module.gpt, cfg.model, run_dir / "hf_export",
                              tokenizer_dir=resolve_hf_checkpoint(source) if source else None)
+        if offline is not None:
+            from autorlhf_nemo.convert.ilql_heads import export_heads
+
+            export_heads(model, cfg, run_dir / "hf_export")
+    if offline is not None:
+        summary["dataset"] = {"rows": len(offline.rows), "dropped": offline.dropped,
+                              "reward_mean": offline.reward_mean, "reward_std": offline.reward_std}
     summary["wall_seconds"] = time.perf_counter() - start
     summary["eval_prompts"] = task.eval_set  # null: the task's held-out prompts
     summary["eval_note"] = task.eval_note
@@ -102,6 +118,22 @@ def run_rl(cfg, prompts=None, reward_fn=None, eval_prompts=None) -> dict:
     return summary
 
 
+def offline_dataset(cfg: RootConfig, task):
+    """The task's samples and rewards as training rows (data/offline.py)."""
+    from autorlhf_nemo.data.offline import tokenize_samples
+
+    a = cfg.algorithm
+    return tokenize_samples(task.samples, task.rewards, task.encode, task.eos_token_ids[0], task.start_token_id,
+                            cfg.train.seq_length, reward_normalization=a.reward_normalization,
+                            drop_bad_rows=a.drop_bad_rows, encode_output=task.encode_output)
+
+
+def offline_summary(dataset) -> str:
+    dropped = ", ".join(f"{n} {reason}" for reason, n in dataset.dropped.items() if n) or "none"
+    return (f"offline dataset: {len(dataset.rows)} rows (dropped: {dropped}); reward mean "
+            f"{dataset.reward_mean:.3f} std {dataset.reward_std:.3f}")
+
+
 def report(summary: dict, cfg: RootConfig) -> str:
     """Reward before and after (naming the evaluation prompts when they are not held out),
     each evaluation pass's figures, final KL, and a few before/after samples."""
@@ -112,6 +144,11 @@ def report(summary: dict, cfg: RootConfig) -> str:
         lines.append(f"eval reward: {summary['eval_note']}")
     if before:
         lines.append(f"{label} before: {before['reward']:.3f}")
+    if "beta" in after:  # ILQL: the figure of one decoding beta; every beta's below
+        lines.append(f"{label} reported at beta={after['beta']:g} ("
+                     + ("algorithm.report_beta" if cfg.algorithm.report_beta is not None else "the best of algorithm.betas")
+                     + "); by beta: " + ", ".join(f"{b}: {before['by_beta'][b]:.3f} -> {r:.3f}" if before else f"{b}: {r:.3f}"
+                                                  for b, r in after["by_beta"].items()))
     lines.append(f"{label} after:  {after['reward']:.3f}"
                  + (f"  (change {after['reward'] - before['reward']:+.3f})" if before else ""))
     for name, value in after.get("rewards", {}).items():

@@ -35,6 +35,14 @@ class Task:
     eval_set: str | None = None
     # What the evaluation's reward measures, for the report (None: the reward function's score).
     eval_note: str | None = None
+    # Offline RL (algorithm=ilql): samples (a string, or alternating [prompt, output, ...]
+    # segments) and their rewards (data/offline.py); None for online algorithms.
+    samples: list | None = None
+    rewards: list | None = None
+    # Token ids of one segment: prompts may be templated (chat), outputs are plain text.
+    encode_output: Callable[[str], list[int]] | None = None
+    # The state before the first action of a plain-string sample (its prompt)
+    start_token_id: int | None = None
 
 
 class TokenizerCodec:
@@ -51,6 +59,15 @@ class TokenizerCodec:
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def encode_output(self, text: str) -> list[int]:
+        """A completion's tokens (never templated)."""
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def start_token_id(self) -> int:
+        """BOS, else EOS: the state before a sample that has no prompt."""
+        t = self.tokenizer
+        return t.bos_token_id if t.bos_token_id is not None else t.eos_token_id
 
 
 def _load_hf_weights(gpt, cfg: RootConfig, runtime) -> None:
@@ -75,6 +92,23 @@ def _hf_codec(cfg: RootConfig):
     return codec, eos, pad
 
 
+def _offline_fields(cfg: RootConfig, codec, samples=None, rewards=None) -> dict:
+    """Task fields of an offline (ILQL) run: the samples and rewards given, else those of the
+    JSONL file task.dataset; {} for online algorithms."""
+    if cfg.algorithm is None or cfg.algorithm.name != "ilql":
+        return {}
+    if samples is None:
+        if not cfg.task.dataset:
+            raise ConfigError([f"algorithm=ilql on task={cfg.task.name} needs offline data: set task.dataset="
+                               "<file.jsonl> ({\"prompt\", \"output\", \"reward\"} rows) or pass "
+                               "autorlhf_nemo.train(samples=..., rewards=...)"])
+        from autorlhf_nemo.data.offline import read_jsonl
+
+        samples, rewards = read_jsonl(cfg.task.dataset)
+    return {"samples": list(samples), "rewards": list(rewards), "encode_output": codec.encode_output,
+            "start_token_id": codec.start_token_id()}
+
+
 def _randomwalks(cfg: RootConfig) -> Task:
     from autorlhf_nemo.data import randomwalks
     from autorlhf_nemo.data.randomwalks_pretrain import pretrain
@@ -91,11 +125,18 @@ def _randomwalks(cfg: RootConfig) -> Task:
             gpt.load_state_dict(trained.module.state_dict())
 
     starts = list(walks.prompts)
+    offline = {}
+    if cfg.algorithm is not None and cfg.algorithm.name == "ilql":
+        # trlX's offline data: the 1000 walks, rewarded by their optimality; the start node is
+        # the prompt (the policy does not choose it), the rest of the walk the output
+        offline = {"samples": [[w[0], w[1:]] for w in walks.walks], "rewards": walks.optimality(walks.walks),
+                   "encode_output": randomwalks.encode, "start_token_id": randomwalks.EOS}
+    initial = "the pretrained walker's" if task_cfg.pretrain_steps and not offline else "the initial policy's"
     return Task("randomwalks", starts, starts[:task_cfg.num_eval_prompts], walks.reward_fn,
                 randomwalks.encode, randomwalks.decode, [randomwalks.EOS], randomwalks.EOS, init_weights,
                 eval_note=f"optimality of greedy walks from the {len(starts)} start nodes (the dataset's walks of "
                           f"graph seed {task_cfg.graph_seed} score {sum(walks.optimality(walks.walks)) / len(walks.walks):.2f}; "
-                          f"'before' is the pretrained walker's)")
+                          f"'before' is {initial})", **offline)
 
 
 def _sentiment(cfg: RootConfig) -> Task:
@@ -104,32 +145,49 @@ def _sentiment(cfg: RootConfig) -> Task:
     codec, eos, pad = _hf_codec(cfg)
     train, held_out = review_prompts(cfg.task.num_eval_prompts)
     return Task("sentiment", train, held_out, VaderReward(), codec.encode, codec.decode, eos, pad,
-                _load_hf_weights)
+                _load_hf_weights, **_offline_fields(cfg, codec))
+
+
+def _no_reward(samples, prompts=None, outputs=None, **_):
+    return [0.0] * len(samples)
 
 
 def _custom(cfg: RootConfig, prompts: Sequence[str] | None, reward_fn: Callable | None,
-            eval_prompts: Sequence[str] | None) -> Task:
-    """The caller's prompts and reward. Without ``eval_prompts`` the evaluations use the
-    first ``task.num_eval_prompts`` training prompts, and the task says so (``eval_set``)."""
-    if prompts is None or reward_fn is None:
+            eval_prompts: Sequence[str] | None, samples=None, rewards=None) -> Task:
+    """The caller's prompts and reward (online), or samples and rewards (offline, algorithm=ilql:
+    given, or task.dataset's JSONL rows; the prompts default to the samples' first segments).
+    Without ``eval_prompts`` the evaluations use the first ``task.num_eval_prompts`` training
+    prompts, and the task says so (``eval_set``)."""
+    offline = cfg.algorithm is not None and cfg.algorithm.name == "ilql"
+    if not offline and (prompts is None or reward_fn is None):
         raise ConfigError(["task=custom needs prompts and a reward_fn: pass them to "
                            "autorlhf_nemo.train(prompts=..., reward_fn=...) or pick task=randomwalks|sentiment"])
+    if (samples is None) != (rewards is None):
+        raise ConfigError(["offline data needs both samples and rewards: autorlhf_nemo.train(samples=..., rewards=...)"])
     codec, eos, pad = _hf_codec(cfg)
+    fields = _offline_fields(cfg, codec, samples, rewards)
+    if offline and prompts is None:
+        prompts = [s[0] for s in fields["samples"] if not isinstance(s, str)]
+        if not prompts and not eval_prompts:
+            raise ConfigError(["algorithm=ilql with samples that have no prompt needs eval_prompts: "
+                               "autorlhf_nemo.train(samples=..., rewards=..., eval_prompts=[...])"])
     eval_set = None
     if not eval_prompts:
         eval_prompts = prompts[:cfg.task.num_eval_prompts]
         eval_set = f"first {len(eval_prompts)} training prompts; no eval_prompts given"
-    return Task("custom", list(prompts), list(eval_prompts), reward_fn, codec.encode, codec.decode, eos, pad,
-                _load_hf_weights, eval_set=eval_set)
+    eval_note = "no reward_fn was given: evaluation rewards are 0 (see the samples)" if reward_fn is None else None
+    return Task("custom", list(prompts), list(eval_prompts), reward_fn or _no_reward, codec.encode, codec.decode,
+                eos, pad, _load_hf_weights, eval_set=eval_set, eval_note=eval_note, **fields)
 
 
 def build_task(cfg: RootConfig, prompts: Sequence[str] | None = None, reward_fn: Callable | None = None,
-               eval_prompts: Sequence[str] | None = None) -> Task:
-    """The task ``cfg.task.name`` names; ``custom`` takes prompts and reward_fn from the caller."""
+               eval_prompts: Sequence[str] | None = None, samples=None, rewards=None) -> Task:
+    """The task ``cfg.task.name`` names; ``custom`` takes prompts and reward_fn (or offline
+    samples and rewards) from the caller."""
     name = cfg.task.name
     if name == "custom":
-        return _custom(cfg, prompts, reward_fn, eval_prompts)
-    if prompts is not None or reward_fn is not None:
+        return _custom(cfg, prompts, reward_fn, eval_prompts, samples, rewards)
+    if prompts is not None or reward_fn is not None or samples is not None:
         raise ConfigError([f"task={name} brings its own prompts and reward: use task=custom to pass yours"])
     builders = {"randomwalks": _randomwalks, "sentiment": _sentiment}
     if name not in builders:

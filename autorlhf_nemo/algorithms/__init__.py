@@ -6,6 +6,8 @@ a loss (a small pure function, <name>/loss.py) and a model module (<name>/model.
     online_dpo   chosen/rejected of each prompt's samples, DPO (sigmoid) or IPO loss
     rloo         leave-one-out baseline, KL-penalised sequence reward, clipped sequence ratio
     grpo         group-normalised advantages, per-token clipped ratio, k3 KL in the loss
+    ilql         offline: V, Q and target Q heads, expectile/CQL/AWAC losses, Q-guided decoding
+                 (its own loop over a dataset: ilql/trainer.py)
 
 ``model_class(name)`` imports the module lazily: NeMo is heavy to import, and the
 config and planner tools never need it.
@@ -18,7 +20,8 @@ import importlib
 _MODULES = {"ppo": "autorlhf_nemo.algorithms.ppo.model:PPOModel",
             "online_dpo": "autorlhf_nemo.algorithms.online_dpo.model:OnlineDPOModel",
             "rloo": "autorlhf_nemo.algorithms.rloo.model:RLOOModel",
-            "grpo": "autorlhf_nemo.algorithms.grpo.model:GRPOModel"}
+            "grpo": "autorlhf_nemo.algorithms.grpo.model:GRPOModel",
+            "ilql": "autorlhf_nemo.algorithms.ilql.model:ILQLModel"}
 
 
 def model_class(name: str):

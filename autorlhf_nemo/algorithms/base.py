@@ -85,7 +85,7 @@ class OnlineModel(ModelPT):
         self.reference = ReferenceModel(gpt, cfg, a.num_layers_unfrozen, offload=a.offload_reference) \
             if a.uses_reference() else None
         freeze_trunk(gpt, a.num_layers_unfrozen)
-        self.policy = wrap_for_training(PolicyModel(gpt, value_head_seed=a.critic_seed()), cfg)
+        self.policy = wrap_for_training(self.build_policy(gpt), cfg)
         self.optimizer = build_optimizer(self.policy, cfg)
         total = self.optimizer_steps
         self.scheduler = OptimizerParamScheduler(
@@ -99,7 +99,7 @@ class OnlineModel(ModelPT):
             use_checkpoint_opt_param_scheduler=False, override_opt_param_scheduler=True)
         self.seq_multiple = runtime.tp_size if cfg.parallel.sequence_parallel else 1
         self.trunk = FrozenTrunk(gpt, a.num_layers_unfrozen) \
-            if a.cache_frozen_trunk and FrozenTrunk.applies(gpt, a.num_layers_unfrozen) else None
+            if self.caches_trunk() and FrozenTrunk.applies(gpt, a.num_layers_unfrozen) else None
         self.rows_per_prompt = learner_rows_per_prompt(a.name, a.samples_per_prompt)
         self._generator = None  # made by generator(); told when the weights change
 
@@ -111,6 +111,15 @@ class OnlineModel(ModelPT):
     @property
     def updates_per_step(self) -> int:
         return self.run_cfg.algorithm.epochs * self.run_cfg.algorithm.minibatches
+
+    def build_policy(self, gpt):
+        """The trained module around the trunk (before DDP wraps it): here with a value head
+        where the algorithm has a critic."""
+        return PolicyModel(gpt, value_head_seed=self.run_cfg.algorithm.critic_seed())
+
+    def caches_trunk(self) -> bool:
+        """Whether the frozen trunk's output is computed once per rollout and reused."""
+        return self.run_cfg.algorithm.cache_frozen_trunk
 
     # ------------------------------------------------------------------ ModelPT contract
     def setup_training_data(self, train_data_config):

@@ -35,18 +35,22 @@ def policy_forward_step(vocab_size: int, temperature: float, loss_fn: LossFn):
 
         def loss_func(logits, non_loss_data: bool = False):
             logprobs = token_log_probs(logits, batch["response_ids"], vocab_size, temperature) * batch["response_mask"]
-            loss, count, reports = loss_fn(logprobs, batch)
-            reports = {"loss": (loss, count), **reports}
-
-            def pair(total, n):  # [sum, count] as Megatron's reports carry them
-                return torch.stack([total.detach().float(), torch.as_tensor(n, dtype=torch.float32,
-                                                                            device=total.device)])
-
-            return loss, pair(loss, count)[1].int(), {name: pair(*report) for name, report in reports.items()}
+            return megatron_loss(*loss_fn(logprobs, batch))
 
         return output, loss_func
 
     return forward_step
+
+
+def megatron_loss(loss: torch.Tensor, count, reports: dict):
+    """A loss function's (sum, count, {name: (sum, count)}) as Megatron's schedules take it:
+    (loss sum, count, {name: tensor([sum, count])}), ``loss`` reported too."""
+    reports = {"loss": (loss, count), **reports}
+
+    def pair(total, n):  # [sum, count] as Megatron's reports carry them
+        return torch.stack([total.detach().float(), torch.as_tensor(n, dtype=torch.float32, device=total.device)])
+
+    return loss, pair(loss, count)[1].int(), {name: pair(*report) for name, report in reports.items()}
 
 
 def sequence_sums(per_token: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -228,7 +228,8 @@ class RLTrainer:
 def eval_metrics(evaluation: dict) -> dict:
     """eval/reward (the headline figure) and eval/reward_<pass> for every pass."""
     return {"eval/reward": evaluation["reward"],
-            **{f"eval/reward_{name}": value for name, value in evaluation["rewards"].items()}}
+            **{f"eval/reward_{name}": value for name, value in evaluation["rewards"].items()},
+            **{f"eval/reward@beta={beta}": value for beta, value in evaluation.get("by_beta", {}).items()}}
 
 
 def score_tensor(scores: list, response_mask: torch.Tensor) -> torch.Tensor:

@@ -227,9 +227,52 @@ class GRPOConfig(AlgorithmConfig):
         return self.beta != 0
 
 
+@dataclass
+class ILQLConfig(AlgorithmConfig):
+    """ILQL (Implicit Language Q-Learning, Snell et al. 2022; trlX's ILQLConfig defaults):
+    offline RL from samples and their rewards. On the last pipeline stage a V head and Q heads
+    (two with ``two_qs``), each h -> head_width -> (1 | vocabulary), plus target Q heads that
+    follow the Q heads by Polyak averaging every ``steps_for_target_q_sync`` optimizer steps.
+    Loss (algorithms/ilql/loss.py): L_Q + L_V (expectile tau) + cql_scale L_CQL + awac_scale L_AWAC.
+    Decoding: log_softmax(logits) + beta (min_i Q_target_i - V), for every beta in ``betas``.
+
+    Offline: each of train.total_steps optimizer steps trains on train.global_batch_size samples
+    of the dataset (a new shuffle every pass). Nothing is sampled while training, so the online
+    fields (prompts_per_step, samples_per_prompt, epochs, minibatches, missing_eos_penalty) do
+    not apply; no reference model."""
+
+    name: str = "ilql"
+    tau: float = 0.7                    # expectile of V
+    gamma: float = 0.99
+    cql_scale: float = 0.1
+    awac_scale: float = 1.0
+    awac_beta: float = 0.0              # beta_train: AWAC weight exp(awac_beta (min Q_target - V)); 0: cloning
+    alpha: float = 0.001                # Polyak: target <- alpha q + (1 - alpha) target
+    steps_for_target_q_sync: int = 5    # in optimizer steps
+    two_qs: bool = True
+    # Width w of the heads' hidden layer; null: model.hidden_size (trlX used 2 x hidden).
+    head_width: Optional[int] = None
+    head_seed: int = 1
+    # z-score the returns over the dataset
+    reward_normalization: bool = True
+    # Rows that cannot train (empty output, missing or NaN reward, longer than train.seq_length):
+    # false raises an error naming the first of them; true drops them and reports the counts.
+    drop_bad_rows: bool = False
+    # Q-guided decoding strengths evaluated (eval/reward@beta=x); 0 decodes the policy alone.
+    betas: list[float] = field(default_factory=lambda: [1.0, 4.0])
+    # The beta summary.json's "after" reports as its headline; null: the best of ``betas``.
+    report_beta: Optional[float] = None
+
+    def uses_reference(self) -> bool:
+        return False
+
+    def width(self, hidden_size: int) -> int:
+        return self.head_width or hidden_size
+
+
 # algorithm=<name> -> its schema (conf/algorithm/<name>.yaml composes onto it)
 ALGORITHMS: dict[str, type] = {"ppo": PPOConfig, "online_dpo": OnlineDPOConfig, "rloo": RLOOConfig,
-                               "grpo": GRPOConfig}
+                               "grpo": GRPOConfig, "ilql": ILQLConfig}
 
 
 @dataclass
@@ -259,6 +302,9 @@ class TaskConfig:
     eval_greedy: bool = False
     eval_temperature: Optional[float] = None
     eval_seeds: list[int] = field(default_factory=lambda: [0])
+    # algorithm=ilql: a JSONL file of {"prompt", "output", "reward"} rows (data/offline.py), the
+    # offline dataset of task=custom (and the cached dataset of task=sentiment).
+    dataset: Optional[str] = None
 
 
 @dataclass

@@ -165,6 +165,12 @@ def _numeric_ranges(values: dict) -> dict[str, _Range]:
             "rloo": {"kl_coef": _at_least(0), "clip_ratio": _above(0)},
             "grpo": {"beta": _at_least(0, note="0: no KL term"), "clip_low": _Range(0, 1, high_open=True),
                      "clip_high": _above(0), "epsilon": _above(0)},
+            "ilql": {"tau": _Range(0, 1, low_open=True, high_open=True), "gamma": _Range(0, 1),
+                     "cql_scale": _at_least(0), "awac_scale": _at_least(0), "awac_beta": _at_least(0),
+                     "alpha": _Range(0, 1, low_open=True), "steps_for_target_q_sync": _at_least(1),
+                     "head_width": _at_least(1, nullable=True, note="null: model.hidden_size"),
+                     "head_seed": _at_least(0),
+                     "report_beta": _at_least(0, nullable=True, note="null: the best of algorithm.betas")},
         }.get(a["name"], {})
         ranges.update({f"algorithm.{key}": rng for key, rng in specific.items()})
     return ranges
@@ -385,14 +391,14 @@ def validate_config(cfg: DictConfig | Mapping[str, Any], world_size: Optional[in
             dp = world // model_parallel
             step = t["micro_batch_size"] * dp
             a = values["algorithm"]
-            if a:
+            if a and a["name"] != "ilql":
                 problems += _batch_problems(a, t["micro_batch_size"], dp)
             pretrain_batch = values["task"]["pretrain_batch_size"]
             if _pretrains(values) and pretrain_batch % dp:
                 problems.append(
                     f"task.pretrain_batch_size={pretrain_batch} is not divisible by the data-parallel size "
                     f"{dp}: use a multiple of {dp} (e.g. {pretrain_batch - pretrain_batch % dp or dp})")
-            if not a and t["global_batch_size"] % step:
+            if (not a or a["name"] == "ilql") and t["global_batch_size"] % step:
                 problems.append(
                     f"train.global_batch_size={t['global_batch_size']} is not divisible by "
                     f"train.micro_batch_size x data-parallel size = {t['micro_batch_size']} x "
@@ -408,6 +414,8 @@ def _algorithm_problems(values: dict) -> list[str]:
     name = a["name"]
     if name == "ppo" and a["scale_reward"] not in (None, "running"):
         problems.append(f"algorithm.scale_reward={a['scale_reward']!r}: use null or 'running'")
+    if name == "ilql":
+        problems += _ilql_problems(a)
     if name in ("online_dpo", "rloo", "grpo") and a["samples_per_prompt"] < 2:
         problems.append(f"algorithm={name} compares the samples of a prompt: algorithm.samples_per_prompt="
                         f"{a['samples_per_prompt']} must be at least 2")
@@ -433,6 +441,27 @@ def _algorithm_problems(values: dict) -> list[str]:
                  f"the run's {decay_steps} optimizer steps (total_steps x epochs x minibatches)")
         problems.append(f"train.lr_warmup_steps={t['lr_warmup_steps']} must be below {decay}: shorten the "
                         f"warm-up or lengthen the decay")
+    return problems
+
+
+# Online fields that an offline algorithm has no use for: set, they would mislead.
+_ONLINE_ONLY = ("prompts_per_step", "samples_per_prompt", "epochs", "minibatches", "missing_eos_penalty",
+                "penalty_mode", "offload_reference")
+
+
+def _ilql_problems(a: dict) -> list[str]:
+    from autorlhf_nemo.config.schema import ILQLConfig
+
+    defaults = ILQLConfig()
+    problems = [f"algorithm.{key}={a[key]!r} does not apply to algorithm=ilql (offline: each of train.total_steps "
+                f"optimizer steps trains on train.global_batch_size dataset rows): remove it"
+                for key in _ONLINE_ONLY if a[key] != getattr(defaults, key)]
+    betas = a["betas"]
+    if not betas or any(not _at_least(0).holds(b) for b in betas):
+        problems.append(f"algorithm.betas={betas}: give one or more decoding strengths >= 0 (0: the policy alone)")
+    elif a["report_beta"] is not None and a["report_beta"] not in betas:
+        problems.append(f"algorithm.report_beta={a['report_beta']} is not one of algorithm.betas={betas}: "
+                        f"add it there or pick one of them")
     return problems
 
 

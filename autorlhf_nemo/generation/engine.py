@@ -208,13 +208,13 @@ class Generator:
         positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
         key_valid = torch.ones(n, prompt_len + steps, dtype=torch.bool, device=dev)
         key_valid[:, :prompt_len] = prompt_mask.bool()
-        logits = self._stage_forward(prompt_ids, positions, rope, cache, key_valid)  # the prefill
+        logits, hidden = self._stage_forward(prompt_ids, positions, rope, cache, key_valid)  # the prefill
         if samples_per_prompt > 1:
             cache.repeat_rows(samples_per_prompt)
             prompt_ids, prompt_mask, key_valid, positions = (
                 t.repeat_interleave(samples_per_prompt, dim=0) for t in (prompt_ids, prompt_mask, key_valid, positions))
             if logits is not None:
-                logits = logits.repeat_interleave(samples_per_prompt, dim=0)
+                logits, hidden = (t.repeat_interleave(samples_per_prompt, dim=0) for t in (logits, hidden))
         b = n * samples_per_prompt
         generators = self._sampling_generators(params, b)
         vp = VocabParallel(parallel_state.get_tensor_model_parallel_group(),
@@ -233,9 +233,9 @@ class Generator:
         for t in range(steps):
             step = torch.zeros(b, 3, dtype=torch.float64, device=dev)  # token, logp, processed logp
             if self.last_stage:
-                tokens_so_far = torch.cat([prompt_ids, response[:, :t]], dim=1) if params.logits_processors else None
+                tokens_so_far = torch.cat([prompt_ids, response[:, :t]], dim=1) if params.has_processors else None
                 raw = vp.mask_padding(logits.float())
-                processed = process_logits(vp, raw, params, tokens_so_far, t)
+                processed = process_logits(vp, raw, params, tokens_so_far, t, hidden)
                 token = vp.argmax(processed) if params.is_greedy else vp.gumbel_argmax(processed, generators)
                 step[:, 0] = token.double()
                 step[:, 1] = vp.log_softmax_at(raw, token).double()
@@ -257,7 +257,7 @@ class Generator:
             if t == steps - 1:
                 break
             positions = positions + 1
-            logits = self._stage_forward(token[:, None], positions, rope, cache, key_valid)
+            logits, hidden = self._stage_forward(token[:, None], positions, rope, cache, key_valid)
 
         width = int(response_mask.sum(-1).max())
         return GenerationOutput(prompt_ids, prompt_mask, response[:, :width], response_mask[:, :width],
@@ -278,9 +278,10 @@ class Generator:
     def _vocab_shard(self) -> int:
         return self.model.vocab_size // parallel_state.get_tensor_model_parallel_world_size()
 
-    def _stage_forward(self, input_ids, positions, rope, cache: KVCache, key_valid) -> torch.Tensor | None:
+    def _stage_forward(self, input_ids, positions, rope, cache: KVCache, key_valid):
         """Run this stage's layers on [b, s] new tokens; the last stage returns the
-        vocab-parallel logits of the final position [b, V/tp], others None."""
+        vocab-parallel logits of the final position [b, V/tp] and its final-norm hidden
+        state [b, H], others (None, None)."""
         b, s = input_ids.shape
         if self.first_stage:
             hidden = self.model.embedding(input_ids=input_ids, position_ids=positions)   # [s, b, h]
@@ -296,9 +297,9 @@ class Generator:
         cache.advance(s)
         if not self.last_stage:
             dist.send(hidden.contiguous(), dst=parallel_state.get_pipeline_model_parallel_next_rank())
-            return None
+            return None, None
         hidden = self._norm(self.model.decoder.final_layernorm, hidden[-1:])
-        return self._linear(self.model.output_layer, hidden, weight=self._output_weight())[0]
+        return self._linear(self.model.output_layer, hidden, weight=self._output_weight())[0], hidden[0]
 
     def _output_weight(self):
         if self.model.share_embeddings_and_output_weights:

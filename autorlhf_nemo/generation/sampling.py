@@ -20,6 +20,10 @@ NEG_INF = float("-inf")
 
 # processor(logits [b, V/tp], vocab_start, tokens_so_far [b, t]) -> logits [b, V/tp]
 LogitsProcessor = Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor]
+# processor(vp: VocabParallel, logits [b, V/tp], hidden [b, H], tokens_so_far [b, t]) -> logits [b, V/tp]:
+# also sees the final-norm hidden state of the step on the last pipeline stage (ILQL's
+# Q-guided decoding runs its heads on it); runs after the logits processors.
+HiddenProcessor = Callable[["VocabParallel", torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -40,6 +44,7 @@ class SamplingParams:
     # (seed, row seed) only, not on how rows are split over DP ranks or batched.
     row_seeds: Sequence[int] | None = None
     logits_processors: Sequence[LogitsProcessor] = field(default_factory=tuple)
+    hidden_processors: Sequence[HiddenProcessor] = field(default_factory=tuple)
 
     @property
     def is_greedy(self) -> bool:
@@ -49,7 +54,11 @@ class SamplingParams:
         """Whether step ``step`` samples from anything but the raw distribution. The
         same on every TP rank (it decides which collectives run)."""
         suppress_eos = step < self.min_new_tokens and len(self.eos_token_ids) > 0
-        return bool(self.logits_processors) or suppress_eos or not self.is_greedy
+        return self.has_processors or suppress_eos or not self.is_greedy
+
+    @property
+    def has_processors(self) -> bool:
+        return bool(self.logits_processors) or bool(self.hidden_processors)
 
     def validate(self, prompt_length: int, max_positions: int, vocab_size: int, batch_size: int) -> None:
         """Reject bad parameters before any work, naming the field and the fix."""
@@ -117,6 +126,12 @@ class VocabParallel:
         picked = logits.gather(-1, local.clamp(0, logits.shape[-1] - 1)[:, None])[:, 0]
         token_logit = self._all_reduce(torch.where(owned, picked, torch.zeros_like(picked)))
         return token_logit - safe_max - sum_exp.log()
+
+    def log_softmax(self, logits: torch.Tensor) -> torch.Tensor:
+        """log softmax over the full vocabulary, on this rank's slice. [b, V/tp] -> [b, V/tp]."""
+        global_max = self._all_reduce(logits.max(dim=-1).values.clone(), dist.ReduceOp.MAX)
+        shifted = logits - torch.where(torch.isfinite(global_max), global_max, torch.zeros_like(global_max))[:, None]
+        return shifted - self._all_reduce(shifted.exp().sum(-1)).log()[:, None]
 
     def argmax(self, logits: torch.Tensor) -> torch.Tensor:
         """Global argmax per row (lowest index on ties, as torch.argmax). [b, V/tp] -> [b]."""
@@ -187,11 +202,14 @@ class VocabParallel:
 
 
 def process_logits(vp: VocabParallel, raw: torch.Tensor, params: SamplingParams, tokens: torch.Tensor,
-                   step: int) -> torch.Tensor:
-    """Processed vocab-parallel logits [b, V/tp] (fp32) for sampling step ``step``."""
+                   step: int, hidden: torch.Tensor | None = None) -> torch.Tensor:
+    """Processed vocab-parallel logits [b, V/tp] (fp32) for sampling step ``step``;
+    ``hidden`` [b, H]: the step's final hidden state, for ``params.hidden_processors``."""
     logits = raw
     for processor in params.logits_processors:
         logits = processor(logits, vp.vocab_start, tokens)
+    for processor in params.hidden_processors:
+        logits = processor(vp, logits, hidden, tokens)
     if step < params.min_new_tokens:
         stop_ids = list(params.eos_token_ids)
         local = [t - vp.vocab_start for t in stop_ids if 0 <= t - vp.vocab_start < logits.shape[-1]]

@@ -35,9 +35,13 @@ class _ResponseOutputLayer(torch.nn.Module):
             hidden = gather_from_sequence_parallel_region(hidden, tensor_parallel_output_grad=True)
         else:
             hidden = copy_to_tensor_model_parallel_region(hidden)
-        index = self.index.t()[..., None].expand(-1, -1, hidden.shape[-1])            # [R, b, h]
-        selected = hidden.gather(0, index)
+        selected = gather_positions(hidden, self.index)
         return F.linear(selected, self.output_layer.weight if weight is None else weight), None
+
+
+def gather_positions(hidden: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """hidden [s, b, h] at the positions ``index`` [b, R] of each row -> [R, b, h]."""
+    return hidden.gather(0, index.t()[..., None].expand(-1, -1, hidden.shape[-1]))
 
 
 def gpt_of(model):

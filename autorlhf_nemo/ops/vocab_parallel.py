@@ -64,3 +64,14 @@ def entropy(logits: torch.Tensor, vocab_size: int, temperature: float = 1.0) -> 
     weighted = exp * torch.where(torch.isfinite(shifted), shifted, torch.zeros_like(shifted))
     sums = reduce_from_tensor_model_parallel_region(torch.stack([exp.sum(-1), weighted.sum(-1)]))
     return sums[0].log() - sums[1] / sums[0]
+
+
+def pick(values: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """values[..., ids] from this TP rank's vocabulary slice ``values`` [..., V/tp] and global ids
+    [...] -> [...], identical on every TP rank; differentiable (each rank's gradient reaches
+    the entry it owns: all-reduce forward, identity backward)."""
+    shard = values.shape[-1]
+    local = ids - parallel_state.get_tensor_model_parallel_rank() * shard
+    owned = (local >= 0) & (local < shard)
+    picked = values.gather(-1, local.clamp(0, shard - 1)[..., None])[..., 0]
+    return reduce_from_tensor_model_parallel_region(torch.where(owned, picked, torch.zeros_like(picked)))
