@@ -11,7 +11,9 @@ import sys
 import pytest
 
 from helpers import cli, cli_env
-from autorlhf_nemo.plan.memory import Shapes, kv_cache_bytes, layer_activation_bytes, stage_activation_bytes
+from autorlhf_nemo.plan.memory import (Shapes, kv_cache_bytes, layer_activation_bytes, logits_bytes,
+                                       stage_activation_bytes)
+from autorlhf_nemo.plan.planner import ILQLHeads
 
 GIB = 2 ** 30
 
@@ -97,6 +99,98 @@ def test_broken_divisibility_is_rejected_before_building():
     assert "Traceback" not in proc.stderr
 
 
+# ------------------------------------------------------------- ILQL's heads
+LLAMA3_VOCAB = 128256  # a multiple of 128: no padding
+
+
+def test_ilql_head_parameters_by_hand():
+    """The issue's figures: at w = 2h a Q head is h 2h + 2h V (+ biases 2h + V)."""
+    q70 = ILQLHeads(hidden=8192, width=16384, vocab=LLAMA3_VOCAB, q_heads=2)
+    assert q70.q() == 8192 * 16384 + 16384 + 16384 * LLAMA3_VOCAB + LLAMA3_VOCAB == 2_235_708_672  # ~2.24e9
+    assert 4 * q70.q() == 8_942_834_688                              # two Q + two target: ~9e9
+    assert q70.v() == 8192 * 16384 + 16384 + 16384 + 1 == 134_250_497
+    assert q70.total() == q70.v() + 4 * q70.q() and q70.trainable() == q70.v() + 2 * q70.q()
+    q8 = ILQLHeads(hidden=4096, width=8192, vocab=LLAMA3_VOCAB, q_heads=2)
+    assert q8.q() == 1_084_364_032                                   # ~1.1e9
+    # per TP rank (w = h = 8192, TP8): fc1 and Q's fc2 split 8 ways, V's fc2 bias whole on every rank
+    at_h = q70.at_width(8192)
+    assert at_h.v(tp=8) == (8192 * 8192 + 8192 + 8192) // 8 + 1 == 8_390_657
+    assert at_h.q(tp=8) == (8192 * 8192 + 8192 + 8192 * LLAMA3_VOCAB + LLAMA3_VOCAB) // 8 == 139_739_808
+    assert ILQLHeads(4096, 4096, LLAMA3_VOCAB, q_heads=1).total() == \
+        (4096 * 4096 + 2 * 4096 + 1) + 2 * (4096 * 4096 + 4096 + 4096 * LLAMA3_VOCAB + LLAMA3_VOCAB)
+
+
+def test_llama3_70b_ilql_recipe_holds_the_heads_on_the_last_stage_and_fits_80gib():
+    proc = plan_cli("recipe=llama3_70b_ilql")
+    assert proc.returncode == 0, proc.stderr
+    plan = json.loads(proc.stdout)
+    assert (plan["tp"], plan["pp"], plan["dp"], plan["world_size"], plan["algorithm"]) == (8, 4, 1, 32, "ilql")
+    assert plan["ilql_heads"] == {"hidden": 8192, "width": 8192, "vocab": LLAMA3_VOCAB, "q_heads": 2}
+    assert plan["total_parameters"] == 70_553_706_496               # the heads are not the model's
+    v, q = 8_390_657, 139_739_808                                    # per TP rank, w = h (by hand above)
+    counts, memory = plan["counts"], plan["memory"]
+    assert [c["head"] for c in counts] == [0, 0, 0, v + 4 * q] == [0, 0, 0, 567_349_889]
+    for stage, (c, m) in enumerate(zip(counts, memory)):
+        trained_heads = v + 2 * q if stage == 3 else 0               # target Q heads: weights only
+        assert c["trainable"] == c["trunk"] + trained_heads
+        assert c["reference"] == 0 and m["reference"] == 0         # ILQL has no reference model
+        assert m["weights"] == 2 * (c["trunk"] + c["head"])
+        assert m["gradients"] == 4 * c["trainable"] and m["optimizer"] == 12 * c["trainable"]
+        # LM logits and 2 Q outputs (x 10 bytes), 2 target Q outputs (x 2): s b V/t x 34
+        assert m["logits"] == (1024 * LLAMA3_VOCAB // 8 * 34 if stage == 3 else 0)
+        assert m["peak"] < 80 * GIB
+    assert plan["problems"] == []
+
+
+def test_planner_prints_the_ilql_heads_at_w_and_at_2h():
+    proc = plan_cli("recipe=llama3_70b_ilql", json_out=False)
+    assert proc.returncode == 0, proc.stderr
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("ILQL heads"))
+    assert "at w=8192" in line
+    assert "V 67,125,249 + 2 Q + 2 target Q x 1,117,918,464 = 4,538,799,105 (4.54e9; 567,349,889 per TP rank)" in line
+    # w = 2h: V 134,250,497 + 4 x 2,235,708,672
+    assert "w=2h=16384 would hold 9,077,085,185 (9.08e9;" in line
+
+
+def test_ilql_last_stage_exceeds_a_no_heads_run_by_the_heads_exactly():
+    """Same model and layout with and without algorithm=ilql: the first stages are equal; the last
+    holds the heads' weights (bf16), their gradients (fp32) and Adam state (12 B; DP1, unsharded)
+    for the V and Q heads, and the Q and target Q outputs beside the logits. No reference."""
+    layout = ["model=llama3_70b", "parallel=tp8_pp4", "cluster.nodes=4", "cluster.gpus_per_node=8",
+              "train.seq_length=1024", "train.micro_batch_size=1", "train.global_batch_size=32",
+              "train.recompute=full", "parallel.use_distributed_optimizer=true"]
+    runs = []
+    for overrides in (layout, [*layout, "algorithm=ilql"]):
+        proc = plan_cli(*overrides)
+        assert proc.returncode == 0, proc.stderr
+        runs.append(json.loads(proc.stdout))
+    base, ilql = runs
+    heads_all, heads_trained = 8_390_657 + 4 * 139_739_808, 8_390_657 + 2 * 139_739_808
+    for stage in range(4):
+        b, m = base["memory"][stage], ilql["memory"][stage]
+        assert m["reference"] == b["reference"] == 0
+        assert m["activations"] == b["activations"]
+        static = lambda x: x["weights"] + x["gradients"] + x["optimizer"]
+        extra = 2 * heads_all + (4 + 12) * heads_trained if stage == 3 else 0
+        assert static(m) - static(b) == extra
+        assert m["logits"] - b["logits"] == (1024 * LLAMA3_VOCAB // 8 * (2 * 10 + 2 * 2) if stage == 3 else 0)
+    assert 2 * heads_all + 16 * heads_trained == 5_740_624_146     # 5.35 GiB per GPU on stage 3
+
+
+def test_llama3_8b_ilql_recipe_fits_one_node():
+    proc = plan_cli("recipe=llama3_8b_ilql")
+    assert proc.returncode == 0, proc.stderr
+    plan = json.loads(proc.stdout)
+    assert (plan["tp"], plan["pp"], plan["dp"]) == (2, 1, 4)
+    v = (4096 * 4096 + 2 * 4096) // 2 + 1                            # per TP rank, w = h = 4096
+    q = (4096 * 4096 + 4096 + 4096 * LLAMA3_VOCAB + LLAMA3_VOCAB) // 2
+    c, m = plan["counts"][0], plan["memory"][0]
+    assert c["head"] == v + 4 * q == 1_092_884_993
+    assert c["trainable"] == c["trunk"] + v + 2 * q and c["reference"] == m["reference"] == 0
+    assert m["optimizer"] == -(-12 * c["trainable"] // 4)          # distributed over DP4
+    assert m["peak"] < 80 * GIB and plan["problems"] == []
+
+
 # ------------------------------------------------------------- formulas by hand
 SHAPES = dict(hidden=8, kv_width=4, ffn=16, vocab=32, dtype_bytes=2, tp=2, pp=2, recompute=None,
               seq_length=2, micro_batch_size=1, micro_batches=4, generation_batch=3)
@@ -121,3 +215,9 @@ def test_stage_activations_by_hand(stage, in_flight):
 def test_kv_cache_by_hand():
     # 2 (k, v) x 3 layers x 3 sequences x 2 positions x (4 / 2) x 2 bytes
     assert kv_cache_bytes(Shapes(**SHAPES, sequence_parallel=False), layers=3) == 2 * 3 * 3 * 2 * 2 * 2
+
+
+def test_logits_with_ilql_q_heads_by_hand():
+    # s b V/t = 2 x 1 x 16 entries; LM logits + 2 Q outputs at 2 + 8 B, 2 target Q outputs at 2 B
+    assert logits_bytes(Shapes(**SHAPES, sequence_parallel=False)) == 32 * 10
+    assert logits_bytes(Shapes(**SHAPES, sequence_parallel=False, q_heads=2)) == 32 * (3 * 10 + 2 * 2)

@@ -23,6 +23,16 @@ def _gib(n: int) -> str:
     return f"{n / GIB:.1f}"
 
 
+def format_ilql_heads(heads, tp: int) -> str:
+    """One line: the ILQL heads' parameters at the chosen width w and at trlX's w = 2h."""
+    def figure(h) -> str:
+        return f"{h.total():,} ({h.total() / 1e9:.2f}e9; {h.total(tp):,} per TP rank)"
+    q = heads.q_heads
+    return (f"ILQL heads on the last stage at w={heads.width} (algorithm.head_width; null: model.hidden_size): "
+            f"V {heads.v():,} + {q} Q + {q} target Q x {heads.q():,} = {figure(heads)}; "
+            f"w=2h={2 * heads.hidden} would hold {figure(heads.at_width(2 * heads.hidden))}")
+
+
 def format_plan(plan) -> str:
     lines = [
         f"plan: {plan.model}{', algorithm ' + plan.algorithm if plan.algorithm else ''} on "
@@ -31,13 +41,17 @@ def format_plan(plan) -> str:
         f"{'on' if plan.distributed_optimizer else 'off'}, recompute {plan.recompute or 'none'}",
         "",
         "parameters per rank (the TP ranks of a stage hold equal shards; DP ranks are replicas)",
-        f"{'stage':>5} {'layers':>6} {'policy trunk':>15} {'value head':>12} {'trainable':>15} {'reference own':>15}",
+        f"{'stage':>5} {'layers':>6} {'policy trunk':>15} {'heads':>13} {'trainable':>15} {'reference own':>15}",
     ]
     for stage, c in enumerate(plan.counts):
-        lines.append(f"{stage:>5} {c.layers:>6} {c.trunk:>15,} {c.head:>12,} {c.trainable:>15,} {c.reference:>15,}")
+        lines.append(f"{stage:>5} {c.layers:>6} {c.trunk:>15,} {c.head:>13,} {c.trainable:>15,} {c.reference:>15,}")
     lines += [
         f"model parameters, summed over the {plan.tp * plan.pp} ranks of one replica "
         f"(TP-replicated norm weights once): {plan.total_parameters:,} ({plan.total_parameters / 1e9:.2f}e9)",
+    ]
+    if plan.ilql_heads is not None:
+        lines.append(format_ilql_heads(plan.ilql_heads, plan.tp))
+    lines += [
         "",
         f"memory per GPU in GiB (budget {plan.gpu_memory / GIB:g} GiB; peak = weights + gradients + optimizer + "
         f"reference + max(activations + logits, KV cache) + reserved)",

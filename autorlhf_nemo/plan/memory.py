@@ -4,8 +4,9 @@ All figures in bytes, per GPU, for the Megatron setup this package builds
 (``training/engine.py``: DDP gradient buffers in fp32, Megatron's Adam with
 fp32 master weights for bf16/fp16 parameters):
 
-    weights     = P x dtype_bytes                     (policy + value head on this rank)
-    gradients   = P_trainable x 4                     (fp32 grad buffer)
+    weights     = P x dtype_bytes                     (policy + heads on this rank: PPO's value
+                                                       head; ILQL's V, Q and frozen target Q heads)
+    gradients   = P_trainable x 4                     (fp32 grad buffer; not the target Q heads)
     optimizer   = P_trainable x (4 master [half params only] + 8 Adam m, v) / DP_shard
                   DP_shard = data-parallel size with the distributed optimizer, else 1
     reference   = P_reference x dtype_bytes           (the reference's own layers; 0 if CPU-offloaded)
@@ -24,7 +25,13 @@ no s x s scores are kept; Korthikanti et al. 2022 counted for a Llama layer):
 
 With 1F1B pipelining stage i holds min(PP - i, micro-batches) micro-batches in
 flight. The last stage adds the logits: s b V/t x (dtype_bytes + 4 + 4)
-(the logits, their fp32 copy for log-softmax, and its gradient).
+(the logits, their fp32 copy for log-softmax, and its gradient). ILQL's q Q heads
+each add a tensor of that size (CQL's cross-entropy over the vocabulary), and its q
+target Q heads one without gradient, s b V/t x dtype_bytes each:
+
+    logits = s b V/t x ((1 + q)(dtype_bytes + 8) + q dtype_bytes)
+
+(the heads' hidden layers, s b w/t each, are left out: w << V).
 
 Generation (same ranks, before learning) holds the KV cache instead:
 
@@ -59,6 +66,7 @@ class Shapes:
     micro_batch_size: int
     micro_batches: int     # per optimizer step and DP rank
     generation_batch: int  # sequences one rank generates at once (0: no generation)
+    q_heads: int = 0       # ILQL's Q heads (each with a target copy) on the last stage
 
 
 @dataclass
@@ -111,8 +119,10 @@ def stage_activation_bytes(shapes: Shapes, stage: int, layers: int) -> int:
 
 
 def logits_bytes(shapes: Shapes) -> int:
+    """s b V/t x ((1 + q)(dtype_bytes + 8) + q dtype_bytes): LM logits, Q and target Q outputs."""
     sh = shapes
-    return sh.seq_length * sh.micro_batch_size * (sh.vocab // sh.tp) * (sh.dtype_bytes + 4 + 4)
+    per_entry = (1 + sh.q_heads) * (sh.dtype_bytes + 4 + 4) + sh.q_heads * sh.dtype_bytes
+    return sh.seq_length * sh.micro_batch_size * (sh.vocab // sh.tp) * per_entry
 
 
 def kv_cache_bytes(shapes: Shapes, layers: int) -> int:

@@ -5,14 +5,15 @@ For each stage, the rank (tp 0, dp 0) is built the way a real job builds it
 the reference model) on the meta device inside a fake process group of the
 full world size (``meta_world.py``), and its parameters are counted. TP ranks
 of a stage hold equal shards and DP ranks are replicas, so these counts stand
-for every rank. Memory follows from the counts (``memory.py``).
+for every rank. ILQL's heads are counted from their shapes (``ILQLHeads``).
+Memory follows from the counts (``memory.py``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from autorlhf_nemo.config.schema import RootConfig, typed_config
+from autorlhf_nemo.config.schema import ILQLConfig, RootConfig, typed_config
 from autorlhf_nemo.config.validate import ConfigError, learner_rows_per_prompt, validate_config
 from autorlhf_nemo.models.gpt import padded_vocab_size
 from autorlhf_nemo.plan.memory import DTYPE_BYTES, GIB, Shapes, StageMemory, stage_memory
@@ -26,9 +27,45 @@ class StageCounts:
     layers: int
     trunk: int           # GPTModel chunk (embedding, layers, norm, output layer)
     trunk_sharded: int   # of which split over TP (the rest is replicated on every TP rank)
-    head: int            # value head (last stage, with an algorithm)
-    trainable: int
+    head: int            # last stage: PPO's value head; ILQL's V, Q and target Q heads
+    trainable: int       # (ILQL's target Q heads are frozen)
     reference: int       # the reference model's own parameters (not shared with the policy)
+
+
+@dataclass
+class ILQLHeads:
+    """ILQL's heads on the last stage at width w (hidden h, padded vocabulary V), summed over TP:
+
+        V head  fc1 [w, h] + [w], fc2 [1, w] + [1]    w h + 2 w + 1
+        Q head  fc1 [w, h] + [w], fc2 [V, w] + [V]    w h + w + V w + V
+
+    ``q_heads`` Q heads train (one, or two with two_qs); as many target Q heads are frozen
+    copies (weights only). Per TP rank t: fc1 is column-parallel (w/t rows), Q's fc2
+    vocab-parallel like the LM head (V/t rows), V's fc2 row-parallel (w/t columns, its one
+    bias on every rank): V (w h + 2 w)/t + 1, Q (w h + w + V w + V)/t."""
+
+    hidden: int
+    width: int
+    vocab: int
+    q_heads: int
+
+    def v(self, tp: int = 1) -> int:
+        w, h = self.width, self.hidden
+        return (w * h + 2 * w) // tp + 1
+
+    def q(self, tp: int = 1) -> int:
+        w, h, v = self.width, self.hidden, self.vocab
+        return (w * h + w + v * w + v) // tp
+
+    def trainable(self, tp: int = 1) -> int:
+        return self.v(tp) + self.q_heads * self.q(tp)
+
+    def total(self, tp: int = 1) -> int:
+        """V + Q + target Q heads."""
+        return self.trainable(tp) + self.q_heads * self.q(tp)
+
+    def at_width(self, width: int) -> ILQLHeads:
+        return ILQLHeads(self.hidden, width, self.vocab, self.q_heads)
 
 
 @dataclass
@@ -46,6 +83,7 @@ class Plan:
     counts: list[StageCounts]
     memory: list[StageMemory]
     gpu_memory: int
+    ilql_heads: ILQLHeads | None = None
 
     @property
     def total_parameters(self) -> int:
@@ -65,7 +103,8 @@ class Plan:
                     f"parallel.tensor_model_parallel_size or pipeline_model_parallel_size"
                     + ("" if self.distributed_optimizer else ", set parallel.use_distributed_optimizer=true")
                     + ("" if self.recompute == "full" else ", set train.recompute=full")
-                    + ", or lower train.micro_batch_size / train.seq_length / algorithm.prompts_per_step")
+                    + ", or lower train.micro_batch_size / train.seq_length / "
+                    + ("task.num_eval_prompts" if self.ilql_heads else "algorithm.prompts_per_step"))
         return problems
 
 
@@ -87,12 +126,23 @@ def plan_layout(cfg) -> Plan:
     tp, pp, cp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size, p.context_parallel_size
     dp = world // (tp * pp * cp)
 
+    vocab = padded_vocab_size(m.vocab_size, m.make_vocab_size_divisible_by)
+    ilql = None
+    if isinstance(a, ILQLConfig):
+        ilql = ILQLHeads(m.hidden_size, a.width(m.hidden_size), vocab, 2 if a.two_qs else 1)
+        if ilql.width % tp:
+            raise ConfigError([f"the ILQL heads' width {ilql.width} (algorithm.head_width, null: "
+                               f"model.hidden_size) is not divisible by tensor_model_parallel_size={tp}"])
+
     counts = []
     for stage in range(pp):
         with fake_rank(stage_rank(stage, world, pp), world, tp, pp, cp):
-            counts.append(_count_stage(cfg))
+            counts.append(_count_stage(cfg, ilql))
 
-    if a is not None:
+    if ilql is not None:  # offline: train.global_batch_size samples a step; generation only to evaluate
+        micro_batches = t.global_batch_size // (dp * t.micro_batch_size)
+        generation_batch = -(-cfg.task.num_eval_prompts // dp)
+    elif a is not None:
         rollouts = a.prompts_per_step * a.samples_per_prompt
         learner_rows = a.prompts_per_step * learner_rows_per_prompt(a.name, a.samples_per_prompt)
         micro_batches = learner_rows // (dp * a.minibatches * t.micro_batch_size)
@@ -103,10 +153,10 @@ def plan_layout(cfg) -> Plan:
     head_dim = m.kv_channels or m.hidden_size // m.num_attention_heads
     shapes = Shapes(
         hidden=m.hidden_size, kv_width=m.num_query_groups * head_dim, ffn=m.ffn_hidden_size,
-        vocab=padded_vocab_size(m.vocab_size, m.make_vocab_size_divisible_by),
-        dtype_bytes=DTYPE_BYTES[m.params_dtype], tp=tp, pp=pp, sequence_parallel=p.sequence_parallel,
-        recompute=t.recompute, seq_length=t.seq_length // cp, micro_batch_size=t.micro_batch_size,
-        micro_batches=micro_batches, generation_batch=generation_batch)
+        vocab=vocab, dtype_bytes=DTYPE_BYTES[m.params_dtype], tp=tp, pp=pp,
+        sequence_parallel=p.sequence_parallel, recompute=t.recompute, seq_length=t.seq_length // cp,
+        micro_batch_size=t.micro_batch_size, micro_batches=micro_batches, generation_batch=generation_batch,
+        q_heads=ilql.q_heads if ilql else 0)
     offloaded = a is not None and a.offload_reference
     memory = [
         stage_memory(shapes, stage, n.layers, n.trunk + n.head, n.trainable,
@@ -117,11 +167,12 @@ def plan_layout(cfg) -> Plan:
     return Plan(model=m.name, world_size=world, tp=tp, pp=pp, cp=cp, dp=dp,
                 sequence_parallel=p.sequence_parallel, distributed_optimizer=p.use_distributed_optimizer,
                 recompute=t.recompute, algorithm=a.name if a else None, counts=counts, memory=memory,
-                gpu_memory=int(c.gpu_memory_gib * GIB))
+                gpu_memory=int(c.gpu_memory_gib * GIB), ilql_heads=ilql)
 
 
-def _count_stage(cfg: RootConfig) -> StageCounts:
-    """This rank's chunk on the meta device, assembled as the job assembles it."""
+def _count_stage(cfg: RootConfig, ilql: ILQLHeads | None) -> StageCounts:
+    """This rank's chunk on the meta device, assembled as the job assembles it; ILQL's heads
+    (last stage) from their shapes."""
     from autorlhf_nemo.models.gpt import build_model
 
     gpt = build_model(cfg, on_meta=True)
@@ -131,6 +182,8 @@ def _count_stage(cfg: RootConfig) -> StageCounts:
     algorithm = cfg.algorithm
     if algorithm is None:
         return StageCounts(layers, trunk, sharded, head=0, trainable=trunk, reference=0)
+
+    from megatron.core import parallel_state
 
     from autorlhf_nemo.models.policy import PolicyModel
     from autorlhf_nemo.models.reference import ReferenceModel, freeze_trunk
@@ -143,7 +196,10 @@ def _count_stage(cfg: RootConfig) -> StageCounts:
     trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
     reference_own = 0 if reference is None else \
         sum(p.numel() for p in reference.model.parameters()) - reference.shared_parameters(gpt)
+    if ilql is not None and gpt.post_process:
+        tp = parallel_state.get_tensor_model_parallel_world_size()
+        head, trainable = ilql.total(tp), trainable + ilql.trainable(tp)
     return StageCounts(layers, trunk, sharded, head=head, trainable=trainable, reference=reference_own)
 
 
-__all__ = ["ConfigError", "Plan", "StageCounts", "plan_layout", "world_size_of"]
+__all__ = ["ConfigError", "ILQLHeads", "Plan", "StageCounts", "plan_layout", "world_size_of"]
