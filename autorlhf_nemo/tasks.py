@@ -92,6 +92,15 @@ def _hf_codec(cfg: RootConfig):
     return codec, eos, pad
 
 
+def _dataset_path(path: str) -> str:
+    """``path`` as given when it exists (absolute, or from the working directory), else from the
+    repository root (the shipped datasets under data/)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / path
+    return path if Path(path).exists() or not root.exists() else str(root)
+
+
 def _offline_fields(cfg: RootConfig, codec, samples=None, rewards=None) -> dict:
     """Task fields of an offline (ILQL) run: the samples and rewards given, else those of the
     JSONL file task.dataset; {} for online algorithms."""
@@ -104,7 +113,7 @@ def _offline_fields(cfg: RootConfig, codec, samples=None, rewards=None) -> dict:
                                "autorlhf_nemo.train(samples=..., rewards=...)"])
         from autorlhf_nemo.data.offline import read_jsonl
 
-        samples, rewards = read_jsonl(cfg.task.dataset)
+        samples, rewards = read_jsonl(_dataset_path(cfg.task.dataset))
     return {"samples": list(samples), "rewards": list(rewards), "encode_output": codec.encode_output,
             "start_token_id": codec.start_token_id()}
 

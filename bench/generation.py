@@ -13,7 +13,9 @@ time), so a machine whose speed drifts during the run treats both alike. transfo
 
 Then, for our engine at the shortest length, where a call's time goes: per-call
 set-up, the prefill pass, the decode steps' forward passes, and sampling and
-bookkeeping between them (the decode loop around the model).
+bookkeeping between them (the decode loop around the model); and ILQL's Q-guided
+decoding (beta 1, a V head and two target Q heads of width w = hidden on every
+step's hidden state) against the plain engine: the heads' per-step cost.
 
     .venv/bin/python bench/generation.py [--threads 2] [--repeats 3] [--dtypes float32 bfloat16]
 """
@@ -175,7 +177,26 @@ def main():
               f"{split['decode forwards'] * 1000:.0f} ms "
               f"({split['decode forwards'] * 1000 / split['decode steps']:.1f} ms each), set-up + sampling "
               f"+ bookkeeping {split['set-up, sampling, bookkeeping'] * 1000:.0f} ms", flush=True)
+        ilql_row(engine, model, m, prompts, shortest, args.repeats, dtype)
     shutdown()
+
+
+def ilql_row(engine, model, m, prompts, new: int, repeats: int, dtype: str) -> None:
+    """Q-guided decoding (algorithms/ilql) vs plain decoding, same engine and prompts."""
+    from autorlhf_nemo.algorithms.ilql.model import QGuidance
+    from autorlhf_nemo.generation import SamplingParams
+    from autorlhf_nemo.models.ilql import ILQLHeads
+
+    heads = ILQLHeads(model.config, model.vocab_size, m.vocab_size, width=m.hidden_size, two_qs=True, seed=1)
+    guided = SamplingParams(max_new_tokens=new, greedy=True, hidden_processors=[QGuidance(heads, 1.0)])
+    plain = SamplingParams(max_new_tokens=new, greedy=True)
+    seconds = interleaved({"plain": lambda: engine.generate(prompts, plain),
+                           "ilql": lambda: engine.generate(prompts, guided)}, repeats)
+    tokens = len(prompts) * new
+    extra = (seconds["ilql"] - seconds["plain"]) / new * 1000
+    print(f"{dtype:>8} | ILQL Q-guided decoding (beta 1, V + 2 target Q heads, w = {m.hidden_size}, fp32 heads): "
+          f"{tokens / seconds['ilql']:.1f} tok/s vs plain {tokens / seconds['plain']:.1f} tok/s "
+          f"({seconds['plain'] / seconds['ilql']:.2f}x); the heads add {extra:.1f} ms per decode step", flush=True)
 
 
 if __name__ == "__main__":

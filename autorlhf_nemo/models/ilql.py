@@ -130,5 +130,5 @@ class ILQLPolicyModel(PolicyModel):
             # the heads' first layers all-reduce their input gradient themselves: backward only splits
             hidden = gather_from_sequence_parallel_region(hidden, tensor_parallel_output_grad=False)
         qs, target_qs, vs = self.heads(gather_positions(hidden, index))        # [A, b, ...]
-        flip = lambda t: t.transpose(0, 1)
+        flip = lambda t: t.transpose(0, 1).contiguous()
         return ILQLOutput(logits, [flip(q) for q in qs], [flip(q) for q in target_qs], flip(vs))

@@ -41,7 +41,7 @@ def token_log_probs(logits: torch.Tensor, targets: torch.Tensor, vocab_size: int
     ``logits`` is left unchanged (Megatron's cross entropy works in place on its input)."""
     masked = mask_padded_vocab(_scaled(logits, temperature), vocab_size)
     if masked is logits:
-        masked = masked.clone()
+        masked = masked.clone(memory_format=torch.contiguous_format)
     return -vocab_parallel_cross_entropy(masked, targets)
 
 
