@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 WORKERS = Path(__file__).parent / "workers"
@@ -48,3 +50,15 @@ def cli(nproc: int, overrides: list[str], timeout: int = 900, virtual_gpu: bool 
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"
                              f"{proc.stderr[-8000:]}")
     return proc
+
+
+def kill_after(nproc: int, overrides: list[str], marker: Path, timeout: int = 600) -> None:
+    """Start the command-line job and SIGKILL its whole process group as soon as ``marker``
+    exists (e.g. a checkpoint's manifest), or once the job has ended or ``timeout`` passed."""
+    proc = subprocess.Popen(cli_command(nproc, overrides), env=cli_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + timeout
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()

@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
 import subprocess
-import time
 
 import pytest
 import torch
@@ -22,7 +19,7 @@ import torch
 from autorlhf_nemo.checkpoint import run_checkpoint
 from autorlhf_nemo.config.compose import compose_config
 from autorlhf_nemo.config.validate import ConfigError, validate_config
-from helpers import cli, cli_command, cli_env, torchrun
+from helpers import cli, cli_command, cli_env, kill_after, torchrun
 
 TINY = ["algorithm=ilql", "task=randomwalks", "model.num_layers=4", "model.hidden_size=64",
         "model.ffn_hidden_size=256", "model.num_attention_heads=4", "model.num_query_groups=4",
@@ -144,16 +141,28 @@ def test_q_guided_greedy_decoding_is_identical_at_every_layout(layouts, walker):
     assert base[0.0] != base[100.0]
 
 
+def test_q_guided_decoding_honours_stop_sequences(layouts):
+    """A stop sequence (the goal 'a') ends beta-1 walks there, as it ends plain ones."""
+    responses, reasons = layouts["tp1"]["stopped"]
+    full = layouts["tp1"]["decoded"][1.0]
+    assert any(1 in r[:-1] for r in full)  # without the stop some walk goes on past the goal
+    for response, reason, walk in zip(responses, reasons, full):
+        if 1 in walk:
+            assert response == walk[:walk.index(1) + 1] and reason == "stop"
+        else:
+            assert response == walk
+
+
 def test_cli_run_sweeps_betas_and_exports_heads(walker):
     run_dir, stdout = walker
     summary = json.loads((run_dir / "summary.json").read_text())
     after = summary["after"]
-    assert set(after["by_beta"]) == {"1", "4"} and after["beta"] in (1.0, 4.0)
+    assert set(after["by_beta"]) == {"0", "1", "100"} and after["beta"] in (0.0, 1.0, 100.0)  # the task's betas
     assert after["reward"] == max(after["by_beta"].values())
     assert after["rewards"]["greedy@beta=1"] == after["by_beta"]["1"]
     assert summary["dataset"]["rows"] == 1000 and summary["dataset"]["reward_mean"] == pytest.approx(0.352, abs=1e-3)
     last = metrics(run_dir)[40]
-    assert {"eval/reward@beta=1", "eval/reward@beta=4", "learn/loss_q", "learn/target_synced"} <= set(last)
+    assert {"eval/reward@beta=0", "eval/reward@beta=100", "learn/loss_q", "learn/target_synced"} <= set(last)
     assert f"reported at beta={after['beta']:g}" in stdout
     export = run_dir / "hf_export"
     from safetensors.torch import load_file
@@ -184,14 +193,8 @@ def test_sigkill_then_resume_continues_exactly(walker, tmp_path):
     (the heads, target heads, optimizer and the sync clock are in the checkpoint)."""
     reference = metrics(walker[0])
     run_dir = tmp_path / "killed"
-    proc = subprocess.Popen(cli_command(1, [*RUN, f"run_dir={run_dir}"]), env=cli_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
     marker = run_dir / "checkpoints" / "step_000020" / run_checkpoint.MANIFEST
-    deadline = time.time() + 600
-    while not marker.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_after(1, [*RUN, f"run_dir={run_dir}"], marker)
     assert marker.exists() and not (run_dir / "summary.json").exists()
     resumed = cli(1, [*RUN, f"run_dir={run_dir}"])
     assert "resumed from step 20" in resumed.stdout + resumed.stderr

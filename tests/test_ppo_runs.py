@@ -12,16 +12,12 @@ checkpoints and exports the final policy.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from autorlhf_nemo.checkpoint import run_checkpoint
-from helpers import cli, cli_command, cli_env
+from helpers import cli, kill_after
 
 # The figures asserted here are of the seed-1002 graph (the pretrained walker of conftest.py's too).
 RANDOMWALKS = ["algorithm=ppo", "task=randomwalks", "task.graph_seed=1002", "logging.progress_bar=false"]
@@ -66,14 +62,8 @@ def test_sigkill_then_resume_continues_exactly(learning_run, tmp_path):
     reference = metrics(learning_run[0])
     run_dir = tmp_path / "killed"
     args = [*RANDOMWALKS, f"run_dir={run_dir}", "train.total_steps=8", "checkpoint.save_every=3"]
-    proc = subprocess.Popen(cli_command(1, args), env=cli_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
     marker = run_dir / "checkpoints" / "step_000003" / run_checkpoint.MANIFEST
-    deadline = time.time() + 600
-    while not marker.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_after(1, args, marker)
     assert marker.exists() and not (run_dir / "summary.json").exists()   # killed mid-run
     resumed = cli(1, args)
     assert "resumed from step 3" in resumed.stdout + resumed.stderr

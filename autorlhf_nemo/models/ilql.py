@@ -84,7 +84,7 @@ class ILQLHeads(MegatronModule):
         return target - self._v_local(hidden)[:, None]
 
     def _q_local(self, head: QHead, hidden: torch.Tensor) -> torch.Tensor:
-        inner = _all_gather_last(F.linear(hidden, head.fc1.weight, head.fc1.bias))
+        inner = all_gather_last(F.linear(hidden, head.fc1.weight, head.fc1.bias))
         return F.linear(torch.relu(inner), head.fc2.weight, head.fc2.bias)
 
     def _v_local(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -96,7 +96,7 @@ class ILQLHeads(MegatronModule):
         return (out + head.fc2.bias)[:, 0]
 
 
-def _all_gather_last(x: torch.Tensor) -> torch.Tensor:
+def all_gather_last(x: torch.Tensor) -> torch.Tensor:
     """Concatenate the TP ranks' slices of the last dimension."""
     world = parallel_state.get_tensor_model_parallel_world_size()
     if world == 1:

@@ -437,7 +437,8 @@ def check_parity(args, budget: Budget, env: dict, line) -> None:
 
 def check_tiny(args, budget: Budget, env: dict, line) -> dict:
     """c. PPO on randomwalks, the task's tiny GPT, through the real command line; then 2 steps each of
-    online DPO and GRPO (the shared loop's other paths: pairs, no value head, response-only logits)."""
+    online DPO and GRPO (the shared loop's other paths: pairs, no value head, response-only logits)
+    and 3 steps of ILQL (offline loop, vocab-parallel Q/V heads, Q-guided decoding, heads export)."""
     tiny = rl_run("ppo_tiny", ["task.pretrain_steps=50"], 3, args.cpu_rehearsal, args.out, budget,
                   cap=600 if args.cpu_rehearsal else 120, env=env)
     if tiny.get("kl1") != 0.0 and not any("skipped" in p for p in tiny["problems"]):
@@ -464,6 +465,20 @@ def check_tiny(args, budget: Budget, env: dict, line) -> dict:
             line(True, f"c. {algorithm} randomwalks TP1 via torchrun, {backend}: 2 steps, exit 0, "
                  f"{run['seconds']:.0f} s wall; step-1 KL {run['kl1']}; step 2 loss {run['losses']['learn/loss']:.4g}; "
                  f"{run['checkpoint']}")
+    # ILQL: the offline loop, the vocab-parallel heads' loss, the Q-guided decoding of the evaluations
+    # (beta 0, 1, 100) and the heads' export, from scratch on the task's 6-layer GPT
+    ilql = rl_run("ilql_tiny", [], 3, args.cpu_rehearsal, args.out, budget, cap=600 if args.cpu_rehearsal else 90,
+                  env=env, algorithm="ilql")
+    heads = args.out / "run_ilql_tiny" / "hf_export" / "ilql_heads.safetensors"
+    if not ilql["problems"] and not heads.exists():
+        ilql["problems"].append(f"no {heads.name} beside the export")
+    if ilql["problems"]:
+        line(False, f"c. ilql randomwalks TP1 via torchrun, {backend}: " + "; ".join(ilql["problems"])
+             + f"\n{tail(ilql['log'])}")
+    else:
+        terms = ", ".join(f"{k.split('/')[1]} {v:.4g}" for k, v in ilql["losses"].items())
+        line(True, f"c. ilql randomwalks TP1 via torchrun, {backend}: 3 steps, exit 0, {ilql['seconds']:.0f} s wall; "
+             f"step 3: {terms}; Q-guided evaluation at beta 0/1/100 ran; heads exported; {ilql['checkpoint']}")
     return tiny
 
 

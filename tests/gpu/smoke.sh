@@ -106,7 +106,7 @@ echo "smoke.sh: venv $VENV ready in $(( $(date +%s) - T0 )) s"
 T1=$(date +%s)
 "$VPY" -c "import autorlhf_nemo.__main__, autorlhf_nemo.jobs; from nemo.core import ModelPT; \
 from autorlhf_nemo.algorithms.trainer import RLTrainer; from autorlhf_nemo.algorithms import model_class; \
-[model_class(name) for name in ('ppo', 'online_dpo', 'rloo', 'grpo')]" \
+[model_class(name) for name in ('ppo', 'online_dpo', 'rloo', 'grpo', 'ilql')]" \
   >>"$LOG" 2>&1 || fail "importing the RL path (autorlhf_nemo, nemo.core.ModelPT, megatron.core, every algorithm)"
 echo "smoke.sh: the RL path imports ($(( $(date +%s) - T1 )) s)"
 

@@ -8,7 +8,7 @@
                every update's metrics
     polyak     (TP1) the target heads after a due sync equal alpha q + (1 - alpha) target
     decoding   greedy Q-guided walks from the 20 start nodes at beta 0, 1 and 100, from an exported
-               policy + heads (--export) loaded at this layout
+               policy + heads (--export) loaded at this layout; at beta 1 with a stop sequence
 """
 
 import argparse
@@ -16,7 +16,6 @@ import argparse
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from megatron.core import parallel_state
 
 from autorlhf_nemo.algorithms.ilql.loss import ilql_loss
 from autorlhf_nemo.algorithms.ilql.trainer import OfflineTrainer
@@ -25,6 +24,7 @@ from autorlhf_nemo.config.compose import compose_config, compose_typed_config
 from autorlhf_nemo.config.validate import validate_config
 from autorlhf_nemo.convert.ilql_heads import load_heads
 from autorlhf_nemo.jobs import offline_dataset
+from autorlhf_nemo.models.ilql import all_gather_last
 from autorlhf_nemo.data.offline import collate
 from autorlhf_nemo.parallel.runtime import initialize, shutdown
 from autorlhf_nemo.tasks import build_task
@@ -35,15 +35,6 @@ TINY = ["algorithm=ilql", "task=randomwalks", "model.num_layers=4", "model.hidde
         "train.micro_batch_size=4", "train.lr=1e-3", "algorithm.steps_for_target_q_sync=2", "algorithm.alpha=0.5",
         "algorithm.awac_beta=1.0"]
 STEPS = 4
-
-
-def _gather_vocab(t: torch.Tensor) -> torch.Tensor:
-    world = parallel_state.get_tensor_model_parallel_world_size()
-    if world == 1:
-        return t
-    parts = [torch.empty_like(t) for _ in range(world)]
-    dist.all_gather(parts, t.contiguous(), group=parallel_state.get_tensor_model_parallel_group())
-    return torch.cat(parts, dim=-1)
 
 
 def plain_loss(logits, qs, target_qs, vs, batch, vocab, tau, gamma, cql_scale, awac_scale, awac_beta):
@@ -83,13 +74,13 @@ def loss_check(model, batch, cfg) -> dict:
                 ours, count, _ = ilql_loss(leaves[0], leaves[1:1 + n_q], out.target_qs, leaves[-1], micro,
                                            model.vocab_size, a.tau, a.gamma, a.cql_scale, a.awac_scale, a.awac_beta)
                 (ours / count).backward()
-                full = [_gather_vocab(t.detach()).requires_grad_(True) for t in leaves[:-1]] + \
+                full = [all_gather_last(t.detach()).requires_grad_(True) for t in leaves[:-1]] + \
                     [leaves[-1].detach().clone().requires_grad_(True)]
-                theirs = plain_loss(full[0], full[1:1 + n_q], [_gather_vocab(q) for q in out.target_qs], full[-1],
+                theirs = plain_loss(full[0], full[1:1 + n_q], [all_gather_last(q) for q in out.target_qs], full[-1],
                                     micro, model.vocab_size, a.tau, a.gamma, a.cql_scale, a.awac_scale, a.awac_beta)
                 theirs.backward()
             rel = lambda x, y: ((x - y).abs().max() / y.abs().max().clamp_min(1e-12)).item()
-            grads = [rel(_gather_vocab(o.grad)[..., :model.vocab_size], t.grad[..., :model.vocab_size])
+            grads = [rel(all_gather_last(o.grad)[..., :model.vocab_size], t.grad[..., :model.vocab_size])
                      for o, t in zip(leaves[:-1], full[:-1])] + [rel(leaves[-1].grad, full[-1].grad)]
             results.setdefault("value", []).append(abs((ours / count).item() - theirs.item()) / abs(theirs.item()))
             results.setdefault("grad", []).append(max(grads))
@@ -152,6 +143,11 @@ def main():
         out = trainer.generator.generate(trainer.eval_ids, trainer._sampling(seed=0, row_seeds=None, greedy=True))
         decoded[beta] = out.responses()
     results["decoded"] = decoded
+    trainer.beta = 1.0  # stop sequences end Q-guided walks too: stop at the first 'a' (the goal, token 1)
+    params = trainer._sampling(seed=0, row_seeds=None, greedy=True)
+    params.stop_token_sequences = [[1]]
+    stopped = trainer.generator.generate(trainer.eval_ids, params)
+    results["stopped"] = (stopped.responses(), stopped.stop_reasons)
     if dist.get_rank() == 0:
         torch.save(results, args.out)
     dist.barrier()
