@@ -1,4 +1,4 @@
-"""autorlhf_nemo: RLHF (PPO, online DPO, RLOO, GRPO; ILQL to come) on Megatron-core."""
+"""autorlhf_nemo: RLHF (PPO, online DPO, RLOO, GRPO; offline ILQL) on Megatron-core."""
 
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ silence_expected_noise()
 
 
 def train(overrides: Sequence[str] = (), *, reward_fn: Callable | None = None,
-          prompts: Sequence[str] | None = None, eval_prompts: Sequence[str] | None = None) -> dict:
+          prompts: Sequence[str] | None = None, eval_prompts: Sequence[str] | None = None,
+          samples: Sequence | None = None, rewards: Sequence[float] | None = None) -> dict:
     """Run RL from Python, as ``python -m autorlhf_nemo <overrides>`` would.
 
     With ``reward_fn(samples, prompts, outputs, **metadata) -> list[float]`` (or
@@ -42,20 +43,29 @@ def train(overrides: Sequence[str] = (), *, reward_fn: Callable | None = None,
         autorlhf_nemo.train(["model=smollm2_135m", "train.total_steps=20"],
                             reward_fn=lambda samples, **_: [len(s) / 100 for s in samples],
                             prompts=["Tell me a joke.", "Describe the sea."])
+
+    Offline (ILQL, the default algorithm then): ``samples`` (strings, or alternating
+    [prompt, output, ...] segments) and their ``rewards``; ``reward_fn``, optional, scores
+    the evaluations of ``eval_prompts`` (default: the samples' prompts).
+
+        autorlhf_nemo.train(["model=smollm2_135m"], samples=[["Hi", " Hello!"], ["Hi", " Go away."]],
+                            rewards=[1.0, -1.0], eval_prompts=["Hello there"])
     """
     from autorlhf_nemo.config.compose import compose_config
     from autorlhf_nemo.config.validate import ConfigError, foreign_option_problems, validate_config
     from autorlhf_nemo.jobs import run_rl
 
     overrides = list(overrides)
+    offline = samples is not None or rewards is not None
     if not any(o.startswith("algorithm=") for o in overrides):
-        overrides.insert(0, "algorithm=ppo")
+        overrides.insert(0, "algorithm=ilql" if offline else "algorithm=ppo")
     problems = foreign_option_problems(overrides)
     if problems:
         raise ConfigError(problems)
-    if reward_fn is not None and not any(o.startswith(("task=", "task.name=")) for o in overrides):
+    if (reward_fn is not None or offline) and not any(o.startswith(("task=", "task.name=")) for o in overrides):
         # The group sets the custom task's defaults; the name also beats a recipe's placeholder task.
         overrides += ["task=custom", "task.name=custom"]
     cfg = compose_config(overrides)
     validate_config(cfg)  # a ConfigError in seconds, before torch and megatron load
-    return run_rl(cfg, prompts=prompts, reward_fn=reward_fn, eval_prompts=eval_prompts)
+    return run_rl(cfg, prompts=prompts, reward_fn=reward_fn, eval_prompts=eval_prompts, samples=samples,
+                  rewards=rewards)

@@ -142,11 +142,18 @@ def report(summary: dict, cfg: RootConfig) -> str:
     label = f"eval reward ({summary['eval_prompts']})" if summary["eval_prompts"] else "eval reward"
     if summary.get("eval_note"):
         lines.append(f"eval reward: {summary['eval_note']}")
+    if before and "beta" in after:
+        # ILQL: the change from the initial policy alone (beta 0; the untrained heads only add
+        # noise at beta > 0), else from the reported beta's own figure before training
+        baseline = "0" if "0" in before["by_beta"] else f"{after['beta']:g}"
+        lines.append(f"eval reward before: the initial policy at beta={baseline}")
+        before = {**before, "reward": before["by_beta"][baseline]}
     if before:
         lines.append(f"{label} before: {before['reward']:.3f}")
-    if "beta" in after:  # ILQL: the figure of one decoding beta; every beta's below
+    if "beta" in after:  # ILQL: the figure of one decoding beta, compared with that beta's before
         lines.append(f"{label} reported at beta={after['beta']:g} ("
-                     + ("algorithm.report_beta" if cfg.algorithm.report_beta is not None else "the best of algorithm.betas")
+                     + ("algorithm.report_beta" if cfg.algorithm.report_beta is not None else
+                        "the best of algorithm.betas on these prompts: an optimistic pick")
                      + "); by beta: " + ", ".join(f"{b}: {before['by_beta'][b]:.3f} -> {r:.3f}" if before else f"{b}: {r:.3f}"
                                                   for b, r in after["by_beta"].items()))
     lines.append(f"{label} after:  {after['reward']:.3f}"

@@ -114,7 +114,8 @@ def _offline_fields(cfg: RootConfig, codec, samples=None, rewards=None) -> dict:
         from autorlhf_nemo.data.offline import read_jsonl
 
         samples, rewards = read_jsonl(_dataset_path(cfg.task.dataset))
-    return {"samples": list(samples), "rewards": list(rewards), "encode_output": codec.encode_output,
+    # the samples as given: read_jsonl's keep their file and line numbers for error messages
+    return {"samples": samples, "rewards": list(rewards), "encode_output": codec.encode_output,
             "start_token_id": codec.start_token_id()}
 
 

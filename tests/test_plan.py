@@ -134,10 +134,12 @@ def test_llama3_70b_ilql_recipe_holds_the_heads_on_the_last_stage_and_fits_80gib
         trained_heads = v + 2 * q if stage == 3 else 0               # target Q heads: weights only
         assert c["trainable"] == c["trunk"] + trained_heads
         assert c["reference"] == 0 and m["reference"] == 0         # ILQL has no reference model
-        assert m["weights"] == 2 * (c["trunk"] + c["head"])
-        assert m["gradients"] == 4 * c["trainable"] and m["optimizer"] == 12 * c["trainable"]
-        # LM logits and 2 Q outputs (x 10 bytes), 2 target Q outputs (x 2): s b V/t x 34
-        assert m["logits"] == (1024 * LLAMA3_VOCAB // 8 * 34 if stage == 3 else 0)
+        # the trunk in bf16 (2 B, Adam 12 B with the fp32 master), the heads in fp32 (4 B, Adam 8 B)
+        assert m["weights"] == 2 * c["trunk"] + 4 * c["head"]
+        assert m["gradients"] == 4 * c["trainable"]
+        assert m["optimizer"] == 12 * c["trunk"] + 8 * trained_heads
+        # LM logits (10 B), 2 fp32 Q outputs (12 B), 2 fp32 target Q outputs (4 B): s b V/t x 42
+        assert m["logits"] == (1024 * LLAMA3_VOCAB // 8 * 42 if stage == 3 else 0)
         assert m["peak"] < 80 * GIB
     assert plan["problems"] == []
 
@@ -154,7 +156,7 @@ def test_planner_prints_the_ilql_heads_at_w_and_at_2h():
 
 def test_ilql_last_stage_exceeds_a_no_heads_run_by_the_heads_exactly():
     """Same model and layout with and without algorithm=ilql: the first stages are equal; the last
-    holds the heads' weights (bf16), their gradients (fp32) and Adam state (12 B; DP1, unsharded)
+    holds the heads' weights (fp32), their gradients (fp32) and Adam state (8 B; DP1, unsharded)
     for the V and Q heads, and the Q and target Q outputs beside the logits. No reference."""
     layout = ["model=llama3_70b", "parallel=tp8_pp4", "cluster.nodes=4", "cluster.gpus_per_node=8",
               "train.seq_length=1024", "train.micro_batch_size=1", "train.global_batch_size=32",
@@ -171,10 +173,10 @@ def test_ilql_last_stage_exceeds_a_no_heads_run_by_the_heads_exactly():
         assert m["reference"] == b["reference"] == 0
         assert m["activations"] == b["activations"]
         static = lambda x: x["weights"] + x["gradients"] + x["optimizer"]
-        extra = 2 * heads_all + (4 + 12) * heads_trained if stage == 3 else 0
+        extra = 4 * heads_all + (4 + 8) * heads_trained if stage == 3 else 0
         assert static(m) - static(b) == extra
-        assert m["logits"] - b["logits"] == (1024 * LLAMA3_VOCAB // 8 * (2 * 10 + 2 * 2) if stage == 3 else 0)
-    assert 2 * heads_all + 16 * heads_trained == 5_740_624_146     # 5.35 GiB per GPU on stage 3
+        assert m["logits"] - b["logits"] == (1024 * LLAMA3_VOCAB // 8 * (2 * 12 + 2 * 4) if stage == 3 else 0)
+    assert 4 * heads_all + 12 * heads_trained == 5_723_842_832     # 5.33 GiB per GPU on stage 3
 
 
 def test_llama3_8b_ilql_recipe_fits_one_node():
@@ -187,7 +189,7 @@ def test_llama3_8b_ilql_recipe_fits_one_node():
     c, m = plan["counts"][0], plan["memory"][0]
     assert c["head"] == v + 4 * q == 1_092_884_993
     assert c["trainable"] == c["trunk"] + v + 2 * q and c["reference"] == m["reference"] == 0
-    assert m["optimizer"] == -(-12 * c["trainable"] // 4)          # distributed over DP4
+    assert m["optimizer"] == -(-(12 * c["trunk"] + 8 * (v + 2 * q)) // 4)   # distributed over DP4
     assert m["peak"] < 80 * GIB and plan["problems"] == []
 
 
@@ -218,6 +220,6 @@ def test_kv_cache_by_hand():
 
 
 def test_logits_with_ilql_q_heads_by_hand():
-    # s b V/t = 2 x 1 x 16 entries; LM logits + 2 Q outputs at 2 + 8 B, 2 target Q outputs at 2 B
+    # s b V/t = 2 x 1 x 16 entries; LM logits at 2 + 8 B, 2 fp32 Q outputs at 12 B, 2 targets at 4 B
     assert logits_bytes(Shapes(**SHAPES, sequence_parallel=False)) == 32 * 10
-    assert logits_bytes(Shapes(**SHAPES, sequence_parallel=False, q_heads=2)) == 32 * (3 * 10 + 2 * 2)
+    assert logits_bytes(Shapes(**SHAPES, sequence_parallel=False, q_heads=2)) == 32 * (10 + 2 * 12 + 2 * 4)

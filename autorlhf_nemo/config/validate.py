@@ -372,6 +372,11 @@ def validate_config(cfg: DictConfig | Mapping[str, Any], world_size: Optional[in
         problems.append(f"train.lr_decay_style={t['lr_decay_style']!r}: use one of {_LR_DECAY_STYLES}")
     if values["algorithm"] is not None:
         problems += _algorithm_problems(values)
+        a = values["algorithm"]
+        width = a.get("head_width") or m["hidden_size"]
+        if a["name"] == "ilql" and width % tp:
+            problems.append(f"algorithm.head_width={width} (ILQL's heads; null: model.hidden_size) is not divisible by "
+                            f"parallel.tensor_model_parallel_size={tp}, which splits it: use a multiple of {tp}")
 
     launcher_world = _launcher_world_size()
     world = world_size or p["world_size"] or launcher_world

@@ -37,14 +37,16 @@ def _vocab_rows(name: str) -> bool:
 def export_heads(model, cfg, out_dir: str | Path) -> None:
     """Collective over all ranks; the last stage's (DP 0, TP 0) rank writes."""
     heads = model.heads
-    if heads is not None:
-        full = {}
+    if heads is not None and parallel_state.get_data_parallel_rank() == 0:  # the TP ranks of one replica gather
+        full, writer = {}, _is_stage_writer()
         for name, param in heads.state_dict(keep_vars=True).items():
             if name.endswith("_extra_state"):
                 continue
-            tensor = _gather_tp(param).float().cpu()
-            full[name] = tensor[:cfg.model.vocab_size].contiguous() if _vocab_rows(name) else tensor.contiguous()
-        if _is_stage_writer():
+            tensor = _gather_tp(param)     # one full tensor at a time; only the writer keeps it
+            if writer:
+                tensor = tensor.float().cpu()
+                full[name] = tensor[:cfg.model.vocab_size].contiguous() if _vocab_rows(name) else tensor.contiguous()
+        if writer:
             out = Path(out_dir)
             out.mkdir(parents=True, exist_ok=True)
             save_file(full, str(out / HEADS_FILE), metadata={"format": "pt"})
@@ -61,6 +63,12 @@ def load_heads(model, source: str | Path) -> None:
     heads = model.heads
     if heads is None:
         return
+    saved = json.loads((Path(source) / HEADS_CONFIG).read_text())
+    m = model.run_cfg.model
+    if (saved["vocab_size"], saved["hidden_size"]) != (m.vocab_size, m.hidden_size):
+        raise ValueError(f"{source}: heads for vocabulary {saved['vocab_size']} and hidden size {saved['hidden_size']}, "
+                         f"but the model has {m.vocab_size} and {m.hidden_size}: load them with the model they were "
+                         "trained with")
     tensors = load_file(str(Path(source) / HEADS_FILE))
     tp = parallel_state.get_tensor_model_parallel_world_size()
     rank = parallel_state.get_tensor_model_parallel_rank()

@@ -30,7 +30,6 @@ import json
 import math
 import numbers
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Sequence
 
 import torch

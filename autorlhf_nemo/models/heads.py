@@ -85,18 +85,29 @@ class QHead(MegatronModule):
     def _init_weights(self, seed: int, std: float, vocab_size: int) -> None:
         if self.fc1.weight.is_meta:
             return
-        gen = torch.Generator().manual_seed(seed)
-        tp = parallel_state.get_tensor_model_parallel_world_size()
-        rank = parallel_state.get_tensor_model_parallel_rank()
-        w1 = torch.randn(self.fc1.output_size, self.fc1.input_size, generator=gen) * std
-        w2 = torch.zeros(self.fc2.output_size, self.fc2.input_size)
-        w2[:vocab_size] = torch.randn(vocab_size, self.fc2.input_size, generator=gen) * std
-        self.fc1.weight.copy_(w1.chunk(tp, dim=0)[rank])
-        self.fc2.weight.copy_(w2.chunk(tp, dim=0)[rank])
-        self.fc1.bias.zero_()
-        self.fc2.bias.zero_()
+        for index, (layer, valid) in enumerate(((self.fc1, None), (self.fc2, vocab_size))):
+            rows = layer.weight.shape[0]                       # this rank's output rows
+            start = parallel_state.get_tensor_model_parallel_rank() * rows
+            layer.weight.copy_(seeded_rows(2 * seed + index, start, start + rows, layer.weight.shape[1], std, valid))
+            layer.bias.zero_()
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         inner, _ = self.fc1(hidden)
         out, _ = self.fc2(torch.relu(inner))
         return out.float()
+
+
+_INIT_BLOCK = 256
+
+
+def seeded_rows(seed: int, start: int, stop: int, cols: int, std: float, valid: int | None = None) -> torch.Tensor:
+    """Rows start..stop-1 of a [*, cols] N(0, std^2) matrix drawn in blocks of 256 rows, block k from
+    its own seed: a TP rank draws only the blocks its rows touch (a 70B vocabulary's Q head is
+    never materialised whole), and every TP split sees the same matrix. Rows >= ``valid`` are 0."""
+    first, last = start // _INIT_BLOCK, (stop - 1) // _INIT_BLOCK
+    blocks = [torch.randn(_INIT_BLOCK, cols, generator=torch.Generator().manual_seed(seed * 1_000_003 + k))
+              for k in range(first, last + 1)]
+    out = torch.cat(blocks)[start - first * _INIT_BLOCK:stop - first * _INIT_BLOCK] * std
+    if valid is not None:
+        out[torch.arange(start, stop) >= valid] = 0
+    return out

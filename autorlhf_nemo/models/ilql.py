@@ -41,6 +41,18 @@ class ILQLOutput:
     vs: torch.Tensor                   # [b, A] fp32
 
 
+class HeadList(torch.nn.ModuleList):
+    """Heads in a list that checkpoint with their own tensor-parallel sharding (Megatron saves a
+    plain ModuleList's tensors as replicated over TP: every rank would restore rank 0's slice)."""
+
+    def sharded_state_dict(self, prefix: str = "", sharded_offsets=(), metadata=None) -> dict:
+        state = {}
+        for i, head in enumerate(self):
+            state.update(head.sharded_state_dict(prefix=f"{prefix}{i}.", sharded_offsets=sharded_offsets,
+                                                 metadata=metadata))
+        return state
+
+
 class ILQLHeads(MegatronModule):
     def __init__(self, config, padded_vocab_size: int, vocab_size: int, width: int, two_qs: bool, seed: int):
         """``config``: the trunk's; the heads get an fp32, sequence-parallel-free copy (their
@@ -51,9 +63,9 @@ class ILQLHeads(MegatronModule):
         super().__init__(head_config)
         n_q = 2 if two_qs else 1
         self.v_head = ValueHead(head_config, out_features=1, seed=seed, width=width)
-        self.q_heads = torch.nn.ModuleList(
+        self.q_heads = HeadList(
             QHead(head_config, padded_vocab_size, vocab_size, width, seed=seed + 1 + i) for i in range(n_q))
-        self.target_q_heads = torch.nn.ModuleList(
+        self.target_q_heads = HeadList(
             QHead(head_config, padded_vocab_size, vocab_size, width, seed=seed + 1 + i) for i in range(n_q))
         self.target_q_heads.requires_grad_(False)
 

@@ -25,11 +25,14 @@ no s x s scores are kept; Korthikanti et al. 2022 counted for a Llama layer):
 
 With 1F1B pipelining stage i holds min(PP - i, micro-batches) micro-batches in
 flight. The last stage adds the logits: s b V/t x (dtype_bytes + 4 + 4)
-(the logits, their fp32 copy for log-softmax, and its gradient). ILQL's q Q heads
-each add a tensor of that size (CQL's cross-entropy over the vocabulary), and its q
-target Q heads one without gradient, s b V/t x dtype_bytes each:
+(the logits, their fp32 copy for log-softmax, and its gradient). ILQL's heads are fp32:
+each of its q Q heads adds an output of that size at 4 + 4 + 4 B (the output, CQL's
+cross-entropy copy, the gradient), each of its q target Q heads one at 4 B:
 
-    logits = s b V/t x ((1 + q)(dtype_bytes + 8) + q dtype_bytes)
+    logits = s b V/t x ((dtype_bytes + 8) + 12 q + 4 q)
+
+The heads' own weights are fp32 (4 B), with their gradients (4 B) and, Adam, 8 B of
+state for the trained ones (no separate master copy for fp32 parameters).
 
 (the heads' hidden layers, s b w/t each, are left out: w << V).
 
@@ -119,9 +122,9 @@ def stage_activation_bytes(shapes: Shapes, stage: int, layers: int) -> int:
 
 
 def logits_bytes(shapes: Shapes) -> int:
-    """s b V/t x ((1 + q)(dtype_bytes + 8) + q dtype_bytes): LM logits, Q and target Q outputs."""
+    """s b V/t x ((dtype_bytes + 8) + 12 q + 4 q): LM logits, fp32 Q and target Q outputs."""
     sh = shapes
-    per_entry = (1 + sh.q_heads) * (sh.dtype_bytes + 4 + 4) + sh.q_heads * sh.dtype_bytes
+    per_entry = (sh.dtype_bytes + 4 + 4) + sh.q_heads * (4 + 4 + 4) + sh.q_heads * 4
     return sh.seq_length * sh.micro_batch_size * (sh.vocab // sh.tp) * per_entry
 
 
@@ -132,16 +135,19 @@ def kv_cache_bytes(shapes: Shapes, layers: int) -> int:
 
 def stage_memory(shapes: Shapes, stage: int, layers: int, parameters: int, trainable: int,
                  reference_parameters: int, optimizer: str, dp_shard: int, reserved_gib: float,
-                 last_stage: bool) -> StageMemory:
+                 last_stage: bool, fp32_parameters: int = 0, fp32_trainable: int = 0) -> StageMemory:
+    """``fp32_parameters`` / ``fp32_trainable``: of ``parameters`` / ``trainable``, those kept in
+    fp32 whatever the model's dtype (ILQL's heads)."""
     half = shapes.dtype_bytes == 2
-    state_bytes = (4 if half else 0) + (8 if optimizer == "adam" else 0)
+    adam = 8 if optimizer == "adam" else 0
+    state = (trainable - fp32_trainable) * ((4 if half else 0) + adam) + fp32_trainable * adam
     return StageMemory(
         stage=stage, layers=layers, parameters=parameters, trainable=trainable,
         reference_parameters=reference_parameters,
-        weights=parameters * shapes.dtype_bytes,
+        weights=(parameters - fp32_parameters) * shapes.dtype_bytes + fp32_parameters * 4,
         gradients=trainable * 4,
-        optimizer=-(-trainable * state_bytes // dp_shard),
-        optimizer_unsharded=trainable * state_bytes,
+        optimizer=-(-state // dp_shard),
+        optimizer_unsharded=state,
         reference=reference_parameters * shapes.dtype_bytes,
         activations=stage_activation_bytes(shapes, stage, layers),
         logits=logits_bytes(shapes) if last_stage else 0,

@@ -162,7 +162,9 @@ def plan_layout(cfg) -> Plan:
         stage_memory(shapes, stage, n.layers, n.trunk + n.head, n.trainable,
                      0 if offloaded else n.reference, t.optimizer,
                      dp * cp if p.use_distributed_optimizer else 1, c.reserved_memory_gib,
-                     last_stage=stage == pp - 1)
+                     last_stage=stage == pp - 1,
+                     fp32_parameters=n.head if ilql else 0,
+                     fp32_trainable=ilql.trainable(tp) if ilql and stage == pp - 1 else 0)
         for stage, n in enumerate(counts)]
     return Plan(model=m.name, world_size=world, tp=tp, pp=pp, cp=cp, dp=dp,
                 sequence_parallel=p.sequence_parallel, distributed_optimizer=p.use_distributed_optimizer,

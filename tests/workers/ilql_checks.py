@@ -6,18 +6,26 @@
     steps      4 optimizer steps from the same initial weights (the exported trunk, the heads'
                seeded initialisation; target sync every 2), with and without the frozen trunk:
                every update's metrics
-    polyak     (TP1) the target heads after a due sync equal alpha q + (1 - alpha) target
+    polyak     the target heads after a due sync equal alpha q + (1 - alpha) target
+    checkpoint the heads (each TP rank's own vocabulary slice) after a save, a wipe and a load
     decoding   greedy Q-guided walks from the 20 start nodes at beta 0, 1 and 100, from an exported
-               policy + heads (--export) loaded at this layout; at beta 1 with a stop sequence
+               policy + heads (--export) loaded at this layout; at beta 1 with a stop sequence; the
+               Q-guided scores of random hidden states and logits against the exported heads in plain torch
 """
 
 import argparse
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from megatron.core import parallel_state
+from safetensors.torch import load_file
 
 from autorlhf_nemo.algorithms.ilql.loss import ilql_loss
+from autorlhf_nemo.algorithms.ilql.model import QGuidance
+from autorlhf_nemo.checkpoint import run_checkpoint
+from autorlhf_nemo.generation.sampling import VocabParallel
 from autorlhf_nemo.algorithms.ilql.trainer import OfflineTrainer
 from autorlhf_nemo.algorithms import model_class
 from autorlhf_nemo.config.compose import compose_config, compose_typed_config
@@ -94,6 +102,50 @@ def loss_check(model, batch, cfg) -> dict:
     return broadcast_from_last_stage(results)
 
 
+def world_max(value) -> float:
+    """The largest of every rank's ``value`` (None: a rank without the heads)."""
+    t = torch.tensor([-1.0 if value is None else float(value)], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.item()
+
+
+def checkpoint_check(model, root: Path):
+    """Max |head parameter after save, wipe, load - before| (None off the last stage)."""
+    heads = model.heads
+    before = [p.detach().clone() for p in heads.parameters()] if heads is not None else []
+    folder = run_checkpoint.save(root, 1, model, {"step": 1}, keep_last=1)
+    if heads is not None:
+        with torch.no_grad():
+            for p in heads.parameters():
+                p.zero_()
+    run_checkpoint.load(folder, model)
+    if heads is None:
+        return None
+    return max((p - b).abs().max().item() for p, b in zip(heads.parameters(), before))
+
+
+def guidance_check(model, export: str, vocab: int, beta: float = 3.0):
+    """Max |score - plain| of QGuidance on vocab-parallel shards vs the formula on the exported
+    full tensors: log_softmax(logits) + beta (min_i target_q_i(h) - v(h)). None off the last stage."""
+    heads = model.heads
+    if heads is None:
+        return None
+    gen = torch.Generator().manual_seed(7)
+    hidden = torch.randn(3, model.run_cfg.model.hidden_size, generator=gen)
+    padded = model.policy.module.gpt.vocab_size
+    logits = torch.randn(3, padded, generator=gen)
+    tp, rank = parallel_state.get_tensor_model_parallel_world_size(), parallel_state.get_tensor_model_parallel_rank()
+    vp = VocabParallel(parallel_state.get_tensor_model_parallel_group(), rank * padded // tp, vocab)
+    local = vp.mask_padding(logits.chunk(tp, dim=-1)[rank])
+    ours = all_gather_last(QGuidance(heads, beta)(vp, local, hidden, None))[:, :vocab]
+    w = load_file(str(Path(export) / "ilql_heads.safetensors"))
+    mlp = lambda name, h: F.linear(torch.relu(F.linear(h, w[f"{name}.fc1.weight"], w[f"{name}.fc1.bias"])),
+                                   w[f"{name}.fc2.weight"], w[f"{name}.fc2.bias"])
+    target = torch.minimum(mlp("target_q_heads.0", hidden), mlp("target_q_heads.1", hidden))
+    plain = torch.log_softmax(logits[:, :vocab], -1) + beta * (target - mlp("v_head", hidden))
+    return (ours - plain).abs().max().item()
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
@@ -128,8 +180,10 @@ def main():
                 results[("moved", unfrozen)] = max((t - b).abs().max().item() for t, b in
                                                    zip(model.heads.target_q_heads.parameters(), targets_before))
         results[("steps", unfrozen)] = steps
-        results[("polyak", unfrozen)] = broadcast_from_last_stage(results.get(("polyak", unfrozen)))
-        results[("moved", unfrozen)] = broadcast_from_last_stage(results.get(("moved", unfrozen)))
+        if unfrozen == -1:
+            results["checkpoint"] = world_max(checkpoint_check(model, Path(args.out).parent / "ckpt"))
+        results[("polyak", unfrozen)] = world_max(results.get(("polyak", unfrozen)))
+        results[("moved", unfrozen)] = world_max(results.get(("moved", unfrozen)))
     # decoding from the exported policy and heads
     overrides = [*TINY, *args.overrides, f"model.hf_checkpoint={args.export}"]
     cfg = compose_typed_config(overrides)
@@ -148,6 +202,7 @@ def main():
     params.stop_token_sequences = [[1]]
     stopped = trainer.generator.generate(trainer.eval_ids, params)
     results["stopped"] = (stopped.responses(), stopped.stop_reasons)
+    results["guidance"] = world_max(guidance_check(model, args.export, cfg.model.vocab_size))
     if dist.get_rank() == 0:
         torch.save(results, args.out)
     dist.barrier()
