@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -19,7 +20,7 @@ import torch
 from autorlhf_nemo.checkpoint import run_checkpoint
 from autorlhf_nemo.config.compose import compose_config
 from autorlhf_nemo.config.validate import ConfigError, validate_config
-from helpers import cli, cli_command, cli_env, kill_after, torchrun
+from helpers import WORKERS, cli, cli_command, cli_env, kill_after, torchrun
 
 TINY = ["algorithm=ilql", "task=randomwalks", "model.num_layers=4", "model.hidden_size=64",
         "model.ffn_hidden_size=256", "model.num_attention_heads=4", "model.num_query_groups=4",
@@ -218,12 +219,44 @@ def test_sigkill_then_resume_continues_exactly(walker, tmp_path):
         assert row == {k: v for k, v in reference[step].items() if not k.startswith("time/")}, step
 
 
+def test_python_api_trains_on_samples_and_rewards(tmp_path):
+    """autorlhf_nemo.train(samples=..., rewards=..., eval_prompts=..., reward_fn=...): algorithm=ilql and
+    task=custom by default, 2 steps on SmolLM2-135M, both betas evaluated."""
+    proc = subprocess.run([sys.executable, str(WORKERS / "ilql_api_run.py"), "--run-dir", str(tmp_path / "run")],
+                          env=cli_env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("SUMMARY "))[8:])
+    assert summary["dataset"]["rows"] == 4 and summary["dataset"]["reward_mean"] == 0.0
+    assert set(summary["by_beta"]) == {"0", "1"} and summary["steps"] >= 2
+
+
+def test_bad_jsonl_row_is_named_by_file_line_before_any_model(tmp_path):
+    import autorlhf_nemo
+    from autorlhf_nemo.data.offline import OfflineDataError
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"prompt": "Hi", "output": " Hello", "reward": 1}\n\n{"prompt": "Hi", "output": " x", "reward": NaN}\n')
+    with pytest.raises(OfflineDataError, match=r"sample 1 \(.*rows.jsonl line 3\): its reward nan"):
+        autorlhf_nemo.train(["model=smollm2_135m", "algorithm=ilql", f"task.dataset={rows}"])
+    dropped = tmp_path / "run"
+    # with drop_bad_rows the row is dropped and counted (checked up to the dataset, without training)
+    from autorlhf_nemo.config.compose import compose_typed_config
+    from autorlhf_nemo.jobs import offline_dataset
+    from autorlhf_nemo.tasks import build_task
+
+    cfg = compose_typed_config(["model=smollm2_135m", "algorithm=ilql", "task=custom", f"task.dataset={rows}",
+                                "algorithm.drop_bad_rows=true", f"run_dir={dropped}"])
+    data = offline_dataset(cfg, build_task(cfg))
+    assert len(data.rows) == 1 and data.dropped["bad_reward"] == 1
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["algorithm.prompts_per_step=8"], "does not apply to algorithm=ilql"),
     (["algorithm.report_beta=2"], "is not one of algorithm.betas"),
     (["algorithm.tau=1.5"], "algorithm.tau"),
     (["algorithm.steps_for_target_q_sync=0"], "algorithm.steps_for_target_q_sync"),
     (["train.global_batch_size=30", "train.micro_batch_size=4"], "train.global_batch_size=30"),
+    (["parallel=tp2", "algorithm.head_width=33"], "algorithm.head_width=33"),
 ])
 def test_bad_ilql_configs_are_named(overrides, message):
     with pytest.raises(ConfigError, match=message):
