@@ -247,7 +247,8 @@ def test_option_of_another_algorithm_named_by_the_api_and_in_plain_values():
                             prompts=["x"])
     values = to_container(compose_config(["algorithm=grpo"]))
     values["algorithm"]["gamma"] = 0.99
-    with pytest.raises(ConfigError, match=r"algorithm.gamma is an option of algorithm=ppo, not of algorithm=grpo"):
+    with pytest.raises(ConfigError, match=r"algorithm.gamma is an option of algorithm=ppo and "
+                                          r"algorithm=ilql, not of algorithm=grpo: remove it, or pick"):
         validate_config(values, world_size=1)
 
 

@@ -34,7 +34,7 @@ from autorlhf_nemo.convert.ilql_heads import load_heads
 from autorlhf_nemo.jobs import offline_dataset
 from autorlhf_nemo.models.ilql import all_gather_last
 from autorlhf_nemo.data.offline import collate
-from autorlhf_nemo.parallel.runtime import initialize, shutdown
+from autorlhf_nemo.parallel.runtime import compute_device, initialize, shutdown
 from autorlhf_nemo.tasks import build_task
 from autorlhf_nemo.training.engine import broadcast_from_last_stage, forward_only
 
@@ -104,7 +104,7 @@ def loss_check(model, batch, cfg) -> dict:
 
 def world_max(value) -> float:
     """The largest of every rank's ``value`` (None: a rank without the heads)."""
-    t = torch.tensor([-1.0 if value is None else float(value)], dtype=torch.float64)
+    t = torch.tensor([-1.0 if value is None else float(value)], dtype=torch.float64, device=compute_device())
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t.item()
 
@@ -134,10 +134,11 @@ def guidance_check(model, export: str, vocab: int, beta: float = 3.0):
     hidden = torch.randn(3, model.run_cfg.model.hidden_size, generator=gen)
     padded = model.policy.module.gpt.vocab_size
     logits = torch.randn(3, padded, generator=gen)
+    device = compute_device()
     tp, rank = parallel_state.get_tensor_model_parallel_world_size(), parallel_state.get_tensor_model_parallel_rank()
     vp = VocabParallel(parallel_state.get_tensor_model_parallel_group(), rank * padded // tp, vocab)
-    local = vp.mask_padding(logits.chunk(tp, dim=-1)[rank])
-    ours = all_gather_last(QGuidance(heads, beta)(vp, local, hidden, None))[:, :vocab]
+    local = vp.mask_padding(logits.chunk(tp, dim=-1)[rank].to(device))
+    ours = all_gather_last(QGuidance(heads, beta)(vp, local, hidden.to(device), None))[:, :vocab].cpu()
     w = load_file(str(Path(export) / "ilql_heads.safetensors"))
     mlp = lambda name, h: F.linear(torch.relu(F.linear(h, w[f"{name}.fc1.weight"], w[f"{name}.fc1.bias"])),
                                    w[f"{name}.fc2.weight"], w[f"{name}.fc2.bias"])
