@@ -204,17 +204,23 @@ def test_inference_entry_point_decodes_as_the_trainer(walker, layouts):
 
 
 def test_sigkill_then_resume_continues_exactly(walker, tmp_path):
-    """Killed after the step-20 checkpoint, resumed: steps 21-40 equal the uninterrupted run's
-    (the heads, target heads, optimizer and the sync clock are in the checkpoint)."""
+    """Killed after the step-20 checkpoint, before its metrics were logged, then resumed: step 20's
+    rows come back from the checkpoint and steps 21-40 equal the uninterrupted run's (the heads,
+    target heads, optimizer and the sync clock are in the checkpoint)."""
     reference = metrics(walker[0])
     run_dir = tmp_path / "killed"
     marker = run_dir / "checkpoints" / "step_000020" / run_checkpoint.MANIFEST
     kill_after(1, [*RUN, f"run_dir={run_dir}"], marker)
     assert marker.exists() and not (run_dir / "summary.json").exists()
+    for name in ("metrics.jsonl", "updates.jsonl"):  # as if killed between saving step 20 and logging it
+        log = run_dir / name
+        log.write_text("".join(line + "\n" for line in log.read_text().splitlines() if json.loads(line)["step"] < 20))
     resumed = cli(1, [*RUN, f"run_dir={run_dir}"])
     assert "resumed from step 20" in resumed.stdout + resumed.stderr
     after = metrics(run_dir)
-    for step in range(21, 41):
+    updates = [json.loads(line) for line in (run_dir / "updates.jsonl").read_text().splitlines()]
+    assert [u["step"] for u in updates] == list(range(1, 41))  # step 20's row restored from the checkpoint
+    for step in range(20, 41):
         row = {k: v for k, v in after[step].items() if not k.startswith("time/")}
         assert row == {k: v for k, v in reference[step].items() if not k.startswith("time/")}, step
 

@@ -149,9 +149,10 @@ class RLTrainer:
     # ------------------------------------------------------------------ checkpoints
     def state(self, metrics: dict | None = None, updates: list | None = None) -> dict:
         """Replicated checkpoint state; ``metrics``/``updates``: this step's rows, restored into
-        metrics.jsonl / updates.jsonl on resume if the run died before writing them."""
+        metrics.jsonl / updates.jsonl on resume if the run died before writing them;
+        ``algorithm``: the model's own state, under its own key so its names cannot shadow these."""
         return {"step": self.step_count, "rng": self.rng.get_state(), "before": self.before,
-                "metrics": metrics, "updates": updates, **self.model.algorithm_state()}
+                "metrics": metrics, "updates": updates, "algorithm": self.model.algorithm_state()}
 
     def save(self, metrics: dict | None = None, updates: list | None = None) -> Path:
         return run_checkpoint.save(self.checkpoints, self.step_count, self.model, self.state(metrics, updates),
@@ -170,7 +171,7 @@ class RLTrainer:
         self.rng.set_state(state["rng"])
         self.before = state["before"]
         self.restored_row = (state["metrics"], state.get("updates"))
-        self.model.load_algorithm_state(state)
+        self.model.load_algorithm_state(state["algorithm"])
         return True
 
     # ------------------------------------------------------------------ the run

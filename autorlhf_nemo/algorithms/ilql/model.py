@@ -89,8 +89,8 @@ class ILQLModel(OnlineModel):
         return metrics, [{"epoch": 0, "minibatch": 0, "staleness": 0, **metrics}]
 
     def algorithm_state(self) -> dict:
-        return {**super().algorithm_state(), "updates": self.updates}
+        return {**super().algorithm_state(), "optimizer_updates": self.updates}
 
     def load_algorithm_state(self, state: dict) -> None:
         super().load_algorithm_state(state)
-        self.updates = state["updates"]
+        self.updates = state["optimizer_updates"]
