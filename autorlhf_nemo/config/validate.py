@@ -143,6 +143,10 @@ def _numeric_ranges(values: dict) -> dict[str, _Range]:
         "cluster.reserved_memory_gib": _Range(0, gpu_memory, high_open=True, note="below cluster.gpu_memory_gib"),
         "cluster.cpus_per_task": _at_least(1, nullable=True, note="null: the cluster's default"),
         "cluster.master_port": _Range(1, 65535),
+        "rollout.generator_ranks": _at_least(0, note="0 with placement=colocated"),
+        "rollout.generator_tensor_parallel_size": _at_least(1),
+        "rollout.max_staleness": _at_least(0, note="0: on-policy"),
+        "rollout.importance_clip": _at_least(1, note="the truncation c of min(ratio, c)"),
     }
     a = values["algorithm"]
     if a is not None:
@@ -186,6 +190,7 @@ _LAYOUT_INPUTS = {
     "train.micro_batch_size", "train.global_batch_size", "train.seq_length", "train.total_steps",
     "train.lr_warmup_steps", "train.lr_decay_steps", "algorithm.prompts_per_step", "algorithm.samples_per_prompt",
     "algorithm.epochs", "algorithm.minibatches", "task.pretrain_steps", "task.pretrain_batch_size",
+    "rollout.generator_ranks", "rollout.generator_tensor_parallel_size",
 }
 
 
@@ -378,6 +383,8 @@ def validate_config(cfg: DictConfig | Mapping[str, Any], world_size: Optional[in
             problems.append(f"algorithm.head_width={width} (ILQL's heads; null: model.hidden_size) is not divisible by "
                             f"parallel.tensor_model_parallel_size={tp}, which splits it: use a multiple of {tp}")
 
+    problems += _rollout_problems(values)
+
     launcher_world = _launcher_world_size()
     world = world_size or p["world_size"] or launcher_world
     if p["world_size"] and launcher_world and p["world_size"] != launcher_world:
@@ -385,15 +392,24 @@ def validate_config(cfg: DictConfig | Mapping[str, Any], world_size: Optional[in
             f"parallel.world_size={p['world_size']} but the launcher started {launcher_world} "
             f"processes (WORLD_SIZE): make them agree (e.g. torchrun --nproc_per_node)")
     model_parallel = tp * pp * cp
-    if world is not None:
-        if world % model_parallel:
+    r = values["rollout"]
+    generators = r["generator_ranks"] if r["placement"] == "split" else 0
+    if world is not None and generators >= world:
+        problems.append(
+            f"rollout.generator_ranks={generators} leaves no learner in a world of {world} rank(s): "
+            f"use at most {world - 1} generator ranks, or launch more processes")
+    elif world is not None:
+        learners = world - generators
+        if learners % model_parallel:
+            whose = (f"the learner ranks (world {world} - rollout.generator_ranks {generators} = {learners})"
+                     if generators else f"world size {world}")
             problems.append(
-                f"world size {world} is not divisible by parallel.tensor_model_parallel_size x "
+                f"{whose} {'are' if generators else 'is'} not divisible by parallel.tensor_model_parallel_size x "
                 f"pipeline_model_parallel_size x context_parallel_size = {tp} x {pp} x {cp} = "
-                f"{model_parallel}: launch a multiple of {model_parallel} processes or shrink "
-                f"the layout")
+                f"{model_parallel}: launch a multiple of {model_parallel} "
+                f"{'learner ranks' if generators else 'processes'} or shrink the layout")
         else:
-            dp = world // model_parallel
+            dp = learners // model_parallel
             step = t["micro_batch_size"] * dp
             a = values["algorithm"]
             if a and a["name"] != "ilql":
@@ -410,6 +426,53 @@ def validate_config(cfg: DictConfig | Mapping[str, Any], world_size: Optional[in
                     f"{dp} = {step}: use a global batch that is a multiple of {step}")
     if problems:
         raise ConfigError(problems)
+
+
+_PLACEMENTS = ("colocated", "split")
+_OLD_LOGPROBS = ("proximal", "behaviour")
+
+
+def _rollout_problems(values: dict) -> list[str]:
+    """Rules of the rollout placement (world-independent; the world's share is checked with the layout)."""
+    r, m, a = values["rollout"], values["model"], values["algorithm"]
+    problems = []
+    if r["placement"] not in _PLACEMENTS:
+        return [f"rollout.placement={r['placement']!r}: use one of {_PLACEMENTS}"]
+    if r["old_logprobs"] not in _OLD_LOGPROBS:
+        problems.append(f"rollout.old_logprobs={r['old_logprobs']!r}: use one of {_OLD_LOGPROBS}")
+    if r["generator_dtype"] is not None and r["generator_dtype"] not in _DTYPES:
+        problems.append(f"rollout.generator_dtype={r['generator_dtype']!r}: use null (model.params_dtype) "
+                        f"or one of {_DTYPES}")
+    if r["placement"] == "colocated":
+        if r["generator_ranks"]:
+            problems.append(f"rollout.generator_ranks={r['generator_ranks']} needs rollout.placement=split "
+                            f"(colocated ranks all generate and learn): set placement=split or generator_ranks=0")
+        if r["max_staleness"]:
+            problems.append(f"rollout.max_staleness={r['max_staleness']} needs rollout.placement=split: colocated "
+                            f"ranks cannot generate while they learn (for off-policy updates in one step use "
+                            f"algorithm.minibatches)")
+        return problems
+    g, gen_tp = r["generator_ranks"], r["generator_tensor_parallel_size"]
+    if g < 1:
+        problems.append("rollout.placement=split needs rollout.generator_ranks >= 1 (the ranks that only generate)")
+    elif g % gen_tp:
+        problems.append(f"rollout.generator_ranks={g} is not divisible by rollout.generator_tensor_parallel_size="
+                        f"{gen_tp}: each generator replica takes {gen_tp} ranks")
+    heads, groups = m["num_attention_heads"], m["num_query_groups"]
+    divisible_by = m["make_vocab_size_divisible_by"]
+    padded_vocab = -(-m["vocab_size"] // divisible_by) * divisible_by
+    for name, size in (("model.num_attention_heads", heads), ("model.num_query_groups", groups),
+                       ("model.ffn_hidden_size", m["ffn_hidden_size"]), ("the padded vocabulary", padded_vocab)):
+        if size % gen_tp:
+            problems.append(f"rollout.generator_tensor_parallel_size={gen_tp} does not divide {name}={size}: "
+                            f"use one of {_divisors(math.gcd(heads, groups, m['ffn_hidden_size'], padded_vocab))}")
+    if a is None:
+        problems.append("rollout.placement=split runs an RL algorithm's generation apart from its learning: "
+                        "choose an online algorithm (algorithm=online_dpo|ppo|rloo|grpo)")
+    elif a["name"] == "ilql":
+        problems.append("rollout.placement=split does not apply to algorithm=ilql (offline: it samples nothing "
+                        "while it learns): use rollout.placement=colocated")
+    return problems
 
 
 def _algorithm_problems(values: dict) -> list[str]:

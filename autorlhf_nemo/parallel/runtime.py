@@ -3,7 +3,7 @@
 Usage under torchrun (CPU/gloo or GPU/NCCL alike)::
 
     runtime = initialize(cfg)      # validates the layout first
-    ...                            # runtime.groups holds the process groups
+    ...                            # runtime.groups holds the process groups of this rank's role
     shutdown()
 
 ``AUTORLHF_VIRTUAL_GPU=1`` on a machine without CUDA runs the device-discipline
@@ -27,6 +27,7 @@ from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
 from autorlhf_nemo.config.schema import RootConfig
 from autorlhf_nemo.config.validate import validate_config
 from autorlhf_nemo.parallel import cpu_compat
+from autorlhf_nemo.parallel.placement import LEARNER, Placement, initialize_parallel_state
 
 VIRTUAL_GPU_ENV = "AUTORLHF_VIRTUAL_GPU"
 
@@ -46,6 +47,13 @@ class Runtime:
     pp_rank: int
     dp_rank: int
     groups: ProcessGroupCollection
+    # rollout.placement: which ranks learn and which only generate; this rank's role in it
+    placement: Placement = None
+    role: str = LEARNER
+
+    @property
+    def is_learner(self) -> bool:
+        return self.role == LEARNER
 
     @property
     def is_first_stage(self) -> bool:
@@ -57,7 +65,8 @@ class Runtime:
 
     def describe(self) -> str:
         check = " (virtual GPU: device-discipline check)" if cpu_compat.virtual_gpu() else ""
-        return (f"TP{self.tp_size} x PP{self.pp_size} x DP{self.dp_size} on {self.world_size} rank(s), "
+        placement = f"; {self.placement.describe()}" if self.placement and self.placement.split else ""
+        return (f"TP{self.tp_size} x PP{self.pp_size} x DP{self.dp_size} on {self.world_size} rank(s){placement}, "
                 f"backend {self.backend}, device {self.device}{check}")
 
 
@@ -125,11 +134,9 @@ def initialize(cfg: RootConfig) -> Runtime:
             world_size=world_size,
             timeout=datetime.timedelta(minutes=par.timeout_minutes),
         )
-    parallel_state.initialize_model_parallel(
-        tensor_model_parallel_size=par.tensor_model_parallel_size,
-        pipeline_model_parallel_size=par.pipeline_model_parallel_size,
-        context_parallel_size=par.context_parallel_size,
-    )
+    placement = Placement.from_config(cfg.rollout, world_size)
+    role = placement.role(dist.get_rank())
+    initialize_parallel_state(placement, par)
     seed_everything(cfg.train.seed)
     return Runtime(
         rank=dist.get_rank(),
@@ -143,6 +150,8 @@ def initialize(cfg: RootConfig) -> Runtime:
         pp_rank=parallel_state.get_pipeline_model_parallel_rank(),
         dp_rank=parallel_state.get_data_parallel_rank(),
         groups=ProcessGroupCollection.use_mpu_process_groups(),
+        placement=placement,
+        role=role,
     )
 
 
