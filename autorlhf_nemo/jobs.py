@@ -64,6 +64,12 @@ def run_rl(cfg, prompts=None, reward_fn=None, eval_prompts=None, samples=None, r
     start = time.perf_counter()
     validate_config(cfg)  # before the task loads a tokenizer or anything starts
     cfg = typed_config(cfg)
+    if cfg.rollout.placement == "split":
+        from autorlhf_nemo.config.validate import ConfigError
+
+        raise ConfigError(["rollout.placement=split: the split placement's process groups and weight sync are in "
+                           "(autorlhf_nemo.parallel.placement, autorlhf_nemo.rollout.weight_sync), its training loop "
+                           "is not yet: use rollout.placement=colocated"])
 
     import torch.distributed as dist
 

@@ -46,6 +46,15 @@ def test_options_split_placement_does_not_support_are_refused(overrides, message
         validate_config(compose_config(overrides), world_size=2)
 
 
+def test_a_split_run_is_refused_until_its_loop_exists():
+    """The loop of a split run is not built yet: say so before anything starts, rather than run every
+    rank as a learner."""
+    import autorlhf_nemo
+
+    with pytest.raises(ConfigError, match="its training loop is not yet: use rollout.placement=colocated"):
+        autorlhf_nemo.train([*SPLIT, "rollout.generator_ranks=1", "parallel.world_size=2"])
+
+
 def test_copy_overlap_reshards_interleaved_blocks():
     """SwiGLU's fc1 at TP2 holds [gate part; up part] on each rank (stride 2): re-split to TP1, TP4."""
     gate, up = torch.arange(8.0), 100 + torch.arange(8.0)
