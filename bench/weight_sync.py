@@ -38,7 +38,7 @@ def main(repeats: int = 5):
         times.append(time.perf_counter() - start)
         moved = max(moved, sync.bytes)
     # baseline: one flat buffer of the same size, broadcast from rank 0 to the generator over the world
-    sizes = [torch.tensor([float(sync.bytes if sync.receiving else 0)])]
+    sizes = [torch.tensor([float(sync.bytes if sync.receiving else 0)], device=runtime.device)]
     dist.all_reduce(sizes[0], op=dist.ReduceOp.MAX)
     flat = torch.empty(int(sizes[0].item()) // 4, dtype=torch.float32, device=runtime.device)
     base = []

@@ -55,17 +55,27 @@ def test_a_split_run_is_refused_until_its_loop_exists():
         autorlhf_nemo.train([*SPLIT, "rollout.generator_ranks=1", "parallel.world_size=2"])
 
 
-def test_copy_overlap_reshards_interleaved_blocks():
-    """SwiGLU's fc1 at TP2 holds [gate part; up part] on each rank (stride 2): re-split to TP1, TP4."""
-    gate, up = torch.arange(8.0), 100 + torch.arange(8.0)
-    full_shards = {size: [torch.cat([gate.chunk(size)[r], up.chunk(size)[r]]) for r in range(size)]
-                   for size in (1, 2, 4)}
-    for to_size in (1, 4):
-        for j in range(to_size):
-            target = torch.full((16 // to_size,), -1.0)
-            copied = sum(copy_overlap(target, shard, TensorInfo("fc1", (8,), torch.float32, 0, 2, r, 2), j, to_size)
-                         for r, shard in enumerate(full_shards[2]))
-            assert copied == target.numel() and torch.equal(target, full_shards[to_size][j])
+def shards(blocks: list[torch.Tensor], size: int, dim: int) -> list[torch.Tensor]:
+    """Megatron's split of a tensor made of ``len(blocks)`` interleaved blocks (partition_stride) over
+    ``size`` TP ranks along ``dim``: rank r holds [block 0's part r; block 1's part r; ...]."""
+    return [torch.cat([b.chunk(size, dim)[r] for b in blocks], dim) for r in range(size)]
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("dim", [0, 1])
+@pytest.mark.parametrize("from_size, to_size", [(1, 2), (2, 1), (2, 4), (4, 2), (4, 1), (2, 2)])
+def test_copy_overlap_reshards_between_tp_sizes(stride, dim, from_size, to_size):
+    """Any learner TP -> any generator TP, plain (stride 1) or SwiGLU's fc1 ([gate part; up part]
+    on each rank: stride 2), along rows or columns."""
+    blocks = [torch.arange(32.0).reshape(8, 4).transpose(0, dim).contiguous() * (b + 1) + 1000 * b
+              for b in range(stride)]
+    sources, expected = shards(blocks, from_size, dim), shards(blocks, to_size, dim)
+    for j in range(to_size):
+        target = torch.full_like(expected[j], -1.0)
+        copied = sum(copy_overlap(target, shard, TensorInfo("w", tuple(shard.shape), shard.dtype, dim, stride, r,
+                                                            from_size), j, to_size)
+                     for r, shard in enumerate(sources))
+        assert copied == target.numel() and torch.equal(target, expected[j])
 
 
 LAYOUT_PAIRS = {
@@ -89,6 +99,7 @@ def test_weight_sync_is_bit_exact_between_layouts(pair, tmp_path):
     report = json.loads(out.read_text())
     assert report["names"] > 0 and report["differed_before"]
     assert report["equal_after"] == [True] * report["generator_replicas"]
+    assert report["equal_after_second_sync"] == [True] * report["generator_replicas"]
     assert report["sync_bytes"] > 0
     if report["generator_dtype"] == "torch.float32":  # same weights, same seeds: the same tokens
         assert all(report["tokens_equal"])

@@ -171,7 +171,7 @@ class RLTrainer:
         self.rng.set_state(state["rng"])
         self.before = state["before"]
         self.restored_row = (state["metrics"], state.get("updates"))
-        self.model.load_algorithm_state(state["algorithm"])
+        self.model.load_algorithm_state(state.get("algorithm", state))  # checkpoints before 2026-12-03: merged in
         return True
 
     # ------------------------------------------------------------------ the run

@@ -8,8 +8,11 @@ split:     ranks [0, L) learn at the ``parallel`` layout (TP x PP x DP = L); ran
 Each rank's Megatron ``parallel_state`` describes the layout of its own role: megatron-core's
 ``initialize_model_parallel`` runs once per role over that role's ranks (its ``RankGenerator``
 offset to the role's first rank), and each rank keeps the state of its own role. Everything that reads ``parallel_state`` -- the model builder and GPTModel's
-``pg_collection``, the generation engine, the vocab-parallel ops, DDP, the optimizer -- then
-works unchanged in either role, on NCCL and gloo alike.
+``pg_collection``, the generation engine, the vocab-parallel ops, DDP -- then works unchanged in
+either role, on NCCL and gloo alike. Not so what still collects over the whole world: megatron-core's
+optimizer construction (``_get_param_groups``' ``all_gather_object``), its distributed checkpointing,
+and this project's world barriers: a split run's loop must have the generators join those calls or
+keep them off the learner path.
 """
 
 from __future__ import annotations

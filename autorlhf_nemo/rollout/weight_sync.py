@@ -80,6 +80,9 @@ def copy_overlap(target: torch.Tensor, source: torch.Tensor, info: TensorInfo, t
     number of elements copied. Block b of ``stride`` interleaved blocks along ``partition_dim``:
     source rows [r*n/R, (r+1)*n/R) of that block's n rows, target rows [j*n/g, (j+1)*n/g)."""
     if info.partition_dim is None:
+        if target.shape != source.shape:
+            raise RuntimeError(f"weight sync: {info.name} is replicated on the learner with shape {tuple(source.shape)} "
+                               f"but {tuple(target.shape)} on the generator")
         target.copy_(source)
         return target.numel()
     dim, stride = info.partition_dim, info.stride
@@ -126,6 +129,7 @@ class WeightSync:
             dist.broadcast_object_list(payload, src=sender, group=self.groups[sender])
             self.infos[sender] = payload[0]
         self.seconds, self.bytes = 0.0, 0
+        self.checked = False
 
     @staticmethod
     def _by_dtype(infos: list[TensorInfo]) -> dict[torch.dtype, list[int]]:
@@ -144,7 +148,9 @@ class WeightSync:
             params = dict(self.model.named_parameters())
             tp_rank = parallel_state.get_tensor_model_parallel_rank()
             tp_size = parallel_state.get_tensor_model_parallel_world_size()
-            filled = {name: 0 for name in params}
+            # the first sync checks that the pieces cover each parameter exactly once (the geometry never changes)
+            written = None if self.checked else {name: torch.zeros(p.shape, dtype=torch.int8, device=p.device)
+                                                 for name, p in params.items()}
         for sender in self.senders:
             infos = self.infos.get(sender)
             if self.sending and sender == dist.get_rank():
@@ -161,13 +167,26 @@ class WeightSync:
                     moved += buffer.numel() * buffer.element_size()
                     for i, piece in zip(indices, buffer.split(sizes)):
                         info = infos[i]
-                        if info.name in params:  # not so: the last stage's copy of a tied output layer
-                            target = params[info.name]
-                            filled[info.name] += copy_overlap(target, piece.view(info.shape), info, tp_rank, tp_size)
-        if self.receiving:
-            wrong = {name: (count, params[name].numel()) for name, count in filled.items()
-                     if count != params[name].numel()}
+                        if info.name not in params:
+                            if info.name == "output_layer.weight" and self.model.share_embeddings_and_output_weights:
+                                continue  # the last stage's copy of the tied embedding
+                            raise RuntimeError(f"weight sync: the learner sends {info.name}, which the generator's "
+                                               f"model does not have: are both built from the same model config?")
+                        if (info.partition_dim is None) == _is_tp(params[info.name]):
+                            raise RuntimeError(f"weight sync: {info.name} is tensor-parallel on one side only")
+                        copy_overlap(params[info.name], piece.view(info.shape), info, tp_rank, tp_size)
+                        if written is not None:
+                            mark = torch.zeros_like(written[info.name])
+                            copy_overlap(mark, torch.ones(info.shape, dtype=torch.int8, device=mark.device), info,
+                                         tp_rank, tp_size)
+                            written[info.name] += mark
+        if self.receiving and written is not None:
+            self.checked = True
+            wrong = {name: (int((count == 0).sum()), int((count > 1).sum())) for name, count in written.items()
+                     if not bool((count == 1).all())}
             if wrong:
                 raise RuntimeError(f"weight sync: the learner's tensors do not cover these generator parameters "
-                                   f"(elements received, expected): {wrong}")
+                                   f"exactly once (elements missed, elements written twice): {wrong}")
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()  # the broadcasts and copies are queued on the stream: time them done
         self.seconds, self.bytes = time.perf_counter() - start, moved

@@ -70,6 +70,15 @@ def main():
                                                                     for k in learner) for g in after[GENERATOR]],
               "generator_dtype": str(gen_dtype), "sync_seconds": sync.seconds if sync.receiving else None,
               "sync_bytes": sync.bytes if sync.receiving else None}
+    if runtime.role != GENERATOR:  # a second policy version: the next sync must carry it, not a cached one
+        with torch.no_grad():
+            for param in gpt.parameters():
+                param.mul_(0.5).add_(0.25)
+    sync.sync()
+    again = gathered_models(gpt, cfg, runtime.role)
+    learner = again["learner"][0]
+    report["equal_after_second_sync"] = [all(torch.equal(g[k], learner[k].to(gen_dtype)) for k in learner)
+                                         for g in again[GENERATOR]]
     prompts = [[3, 5, 7], [11, 2], [4, 4, 9, 1]]
     tokens = {mode: decode(gpt, role_config(cfg, runtime.role), prompts, mode == "greedy")
               for mode in ("greedy", "sampled")}
