@@ -121,6 +121,10 @@ def plan_layout(cfg) -> Plan:
     typed = typed_config(cfg)
     world = world_size_of(typed)
     validate_config(cfg, world_size=world)
+    if typed.rollout.placement == "split":
+        raise ConfigError(["the planner does not budget rollout.placement=split yet (generator GPUs: weights + KV "
+                           "cache; learner GPUs over the remaining ranks): plan the learner alone as colocated, "
+                           "with parallel.world_size = the learner ranks"])
     cfg = typed
     m, p, t, a, c = cfg.model, cfg.parallel, cfg.train, cfg.algorithm, cfg.cluster
     tp, pp, cp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size, p.context_parallel_size
