@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 
 from autorlhf_nemo.config.schema import RootConfig, typed_config
-from autorlhf_nemo.config.validate import validate_config
+from autorlhf_nemo.config.validate import ConfigError, validate_config
 
 
 def run_job(cfg) -> None:
@@ -65,8 +65,6 @@ def run_rl(cfg, prompts=None, reward_fn=None, eval_prompts=None, samples=None, r
     validate_config(cfg)  # before the task loads a tokenizer or anything starts
     cfg = typed_config(cfg)
     if cfg.rollout.placement == "split":
-        from autorlhf_nemo.config.validate import ConfigError
-
         raise ConfigError(["rollout.placement=split: the split placement's process groups and weight sync are in "
                            "(autorlhf_nemo.parallel.placement, autorlhf_nemo.rollout.weight_sync), its training loop "
                            "is not yet: use rollout.placement=colocated"])

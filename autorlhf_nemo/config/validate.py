@@ -334,8 +334,7 @@ def validate_config(cfg: DictConfig | Mapping[str, Any], world_size: Optional[in
             f"parallel.tensor_model_parallel_size={tp} does not divide "
             f"model.ffn_hidden_size={m['ffn_hidden_size']}: use a TP size in "
             f"{_divisors(m['ffn_hidden_size'])}")
-    divisible_by = m["make_vocab_size_divisible_by"]
-    padded_vocab = -(-m["vocab_size"] // divisible_by) * divisible_by
+    divisible_by, padded_vocab = m["make_vocab_size_divisible_by"], _padded_vocab(m)
     if padded_vocab % tp:
         problems.append(
             f"model.make_vocab_size_divisible_by={divisible_by} pads the vocabulary to "
@@ -428,6 +427,12 @@ def validate_config(cfg: DictConfig | Mapping[str, Any], world_size: Optional[in
         raise ConfigError(problems)
 
 
+def _padded_vocab(m: dict) -> int:
+    """The vocabulary padded to model.make_vocab_size_divisible_by (models.gpt.padded_vocab_size)."""
+    divisible_by = m["make_vocab_size_divisible_by"]
+    return -(-m["vocab_size"] // divisible_by) * divisible_by
+
+
 _PLACEMENTS = ("colocated", "split")
 _OLD_LOGPROBS = ("proximal", "behaviour")
 
@@ -458,9 +463,7 @@ def _rollout_problems(values: dict) -> list[str]:
     elif g % gen_tp:
         problems.append(f"rollout.generator_ranks={g} is not divisible by rollout.generator_tensor_parallel_size="
                         f"{gen_tp}: each generator replica takes {gen_tp} ranks")
-    heads, groups = m["num_attention_heads"], m["num_query_groups"]
-    divisible_by = m["make_vocab_size_divisible_by"]
-    padded_vocab = -(-m["vocab_size"] // divisible_by) * divisible_by
+    heads, groups, padded_vocab = m["num_attention_heads"], m["num_query_groups"], _padded_vocab(m)
     for name, size in (("model.num_attention_heads", heads), ("model.num_query_groups", groups),
                        ("model.ffn_hidden_size", m["ffn_hidden_size"]), ("the padded vocabulary", padded_vocab)):
         if size % gen_tp:

@@ -62,9 +62,6 @@ class Placement:
     def role(self, rank: int) -> str:
         return GENERATOR if rank in self.generator_ranks else LEARNER
 
-    def ranks_of(self, role: str) -> range:
-        return self.generator_ranks if role == GENERATOR else self.learner_ranks
-
     def describe(self) -> str:
         if not self.split:
             return "colocated"

@@ -47,13 +47,13 @@ class Runtime:
     pp_rank: int
     dp_rank: int
     groups: ProcessGroupCollection
-    # rollout.placement: which ranks learn and which only generate; this rank's role in it
+    # rollout.placement: which ranks learn and which only generate
     placement: Placement = None
-    role: str = LEARNER
 
     @property
-    def is_learner(self) -> bool:
-        return self.role == LEARNER
+    def role(self) -> str:
+        """This rank's role in the placement: learner or generator."""
+        return self.placement.role(self.rank) if self.placement else LEARNER
 
     @property
     def is_first_stage(self) -> bool:
@@ -135,7 +135,6 @@ def initialize(cfg: RootConfig) -> Runtime:
             timeout=datetime.timedelta(minutes=par.timeout_minutes),
         )
     placement = Placement.from_config(cfg.rollout, world_size)
-    role = placement.role(dist.get_rank())
     initialize_parallel_state(placement, par)
     seed_everything(cfg.train.seed)
     return Runtime(
@@ -151,7 +150,6 @@ def initialize(cfg: RootConfig) -> Runtime:
         dp_rank=parallel_state.get_data_parallel_rank(),
         groups=ProcessGroupCollection.use_mpu_process_groups(),
         placement=placement,
-        role=role,
     )
 
 

@@ -30,6 +30,8 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
+from autorlhf_nemo.parallel.placement import GENERATOR
+
 _LAYER = re.compile(r"decoder\.layers\.(\d+)\.(.+)")
 
 
@@ -106,10 +108,9 @@ class WeightSync:
 
     def __init__(self, placement, model, device: torch.device):
         """``model``: this rank's GPTModel (the learner's policy trunk or the generator's copy)."""
-        self.placement, self.model, self.device = placement, model, device
-        self.role = placement.role(dist.get_rank())
-        learner = self.role != "generator"
-        mine = (dist.get_rank(), learner and parallel_state.get_data_parallel_rank() == 0
+        self.model, self.device = model, device
+        self.receiving = placement.role(dist.get_rank()) == GENERATOR
+        mine = (dist.get_rank(), not self.receiving and parallel_state.get_data_parallel_rank() == 0
                 and parallel_state.get_context_parallel_rank() == 0)
         everyone = [None] * dist.get_world_size()
         dist.all_gather_object(everyone, mine)
@@ -117,7 +118,6 @@ class WeightSync:
         generators = list(placement.generator_ranks)
         self.groups = {sender: dist.new_group([sender, *generators]) for sender in self.senders}
         self.sending = dist.get_rank() in self.senders
-        self.receiving = dist.get_rank() in generators
         self.infos = {}  # sender -> [TensorInfo], exchanged once
         for sender in self.senders:
             if self.sending and sender == dist.get_rank():
@@ -128,6 +128,8 @@ class WeightSync:
                 continue
             dist.broadcast_object_list(payload, src=sender, group=self.groups[sender])
             self.infos[sender] = payload[0]
+        # sender -> {dtype: indices of its tensors}: one buffer per dtype, in this order on both sides
+        self.buffers = {sender: self._by_dtype(infos) for sender, infos in self.infos.items()}
         self.seconds, self.bytes = 0.0, 0
         self.checked = False
 
@@ -155,12 +157,12 @@ class WeightSync:
             infos = self.infos.get(sender)
             if self.sending and sender == dist.get_rank():
                 tensors = [t for _, t in sent_tensors(self.model)]
-                for dtype, indices in self._by_dtype(infos).items():
+                for dtype, indices in self.buffers[sender].items():
                     buffer = torch.cat([tensors[i].detach().reshape(-1) for i in indices])
                     dist.broadcast(buffer, src=sender, group=self.groups[sender])
                     moved += buffer.numel() * buffer.element_size()
             elif self.receiving:
-                for dtype, indices in self._by_dtype(infos).items():
+                for dtype, indices in self.buffers[sender].items():
                     sizes = [torch.Size(infos[i].shape).numel() for i in indices]
                     buffer = torch.empty(sum(sizes), dtype=dtype, device=self.device)
                     dist.broadcast(buffer, src=sender, group=self.groups[sender])
