@@ -56,21 +56,18 @@ def run_rl(cfg, prompts=None, reward_fn=None, eval_prompts=None, samples=None, r
 
     A checkpoint save that failed (``run_checkpoint.CheckpointSaveError``) does not lose
     the training: the run goes on, exports the policy, writes the summary (its
-    ``checkpoint_error``), and then raises that error."""
-    import json
+    ``checkpoint_error``), and then raises that error.
+
+    rollout.placement=split: the generator ranks run rollout/generator_loop.py and return None."""
     import time
-    from pathlib import Path
 
     start = time.perf_counter()
     validate_config(cfg)  # before the task loads a tokenizer or anything starts
     cfg = typed_config(cfg)
-    if cfg.rollout.placement == "split":
-        raise ConfigError(["rollout.placement=split: the split placement's process groups and weight sync are in "
-                           "(autorlhf_nemo.parallel.placement, autorlhf_nemo.rollout.weight_sync), its training loop "
-                           "is not yet: use rollout.placement=colocated"])
 
     import torch.distributed as dist
 
+    from autorlhf_nemo.parallel.placement import GENERATOR, learners_as_world
     from autorlhf_nemo.parallel.runtime import initialize, shutdown
     from autorlhf_nemo.tasks import build_task
 
@@ -78,6 +75,31 @@ def run_rl(cfg, prompts=None, reward_fn=None, eval_prompts=None, samples=None, r
                       rewards=rewards)
     offline = offline_dataset(cfg, task) if task.samples is not None else None  # bad rows fail here, before any model
     runtime = initialize(cfg)
+    if not runtime.placement.split:
+        summary, save_error = _train(cfg, runtime, task, offline, start)
+    elif runtime.role == GENERATOR:  # rollout.placement=split: this rank only samples
+        from autorlhf_nemo.rollout.generator_loop import run_generator
+
+        run_generator(cfg, runtime, task)
+        summary, save_error = None, None
+    else:
+        with learners_as_world(runtime.links):  # collectives without a group: over the learners only
+            summary, save_error = _train(cfg, runtime, task, offline, start)
+    dist.barrier()
+    shutdown()
+    if save_error is not None:
+        raise save_error
+    return summary
+
+
+def _train(cfg: RootConfig, runtime, task, offline, start: float) -> tuple[dict, Exception | None]:
+    """Train, export and report on the learner ranks: (the summary, a checkpoint save error or None)."""
+    import json
+    import time
+    from pathlib import Path
+
+    import torch.distributed as dist
+
     if runtime.rank == 0:
         print(f"runtime: {runtime.describe()}", flush=True)
         if offline is not None:
@@ -116,10 +138,7 @@ def run_rl(cfg, prompts=None, reward_fn=None, eval_prompts=None, samples=None, r
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         print(report(summary, cfg), flush=True)
     dist.barrier()
-    shutdown()
-    if trainer.save_error is not None:
-        raise trainer.save_error
-    return summary
+    return summary, trainer.save_error
 
 
 def offline_dataset(cfg: RootConfig, task):

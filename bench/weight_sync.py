@@ -28,7 +28,7 @@ def main(repeats: int = 5):
                                 "parallel.world_size=null", *sys.argv[1:]])
     runtime = initialize(cfg)
     gpt = build_model(role_config(cfg, runtime.role))
-    sync = WeightSync(runtime.placement, gpt, runtime.device)
+    sync = WeightSync(runtime.placement, runtime.links, gpt, runtime.device)
     times, moved = [], 0
     for _ in range(repeats):
         dist.barrier()

@@ -28,6 +28,8 @@ SPLIT = ["algorithm=online_dpo", "task=custom", "rollout.placement=split"]
     (["rollout.generator_ranks=0"], 2, r"rollout.placement=split needs rollout.generator_ranks >= 1"),
     (["rollout.generator_ranks=1", "rollout.generator_dtype=fp8"], 2, r"rollout.generator_dtype='fp8'"),
     (["rollout.generator_ranks=1", "rollout.old_logprobs=mine"], 2, r"rollout.old_logprobs='mine'"),
+    (["rollout.generator_ranks=3", "algorithm.prompts_per_step=8"], 4,
+     r"algorithm.prompts_per_step=8 is not divisible by the 3 generator replicas"),
 ])
 def test_bad_split_layouts_are_named_before_any_process_group(overrides, world, message):
     with pytest.raises(ConfigError, match=message):
@@ -44,15 +46,6 @@ def test_bad_split_layouts_are_named_before_any_process_group(overrides, world, 
 def test_options_split_placement_does_not_support_are_refused(overrides, message):
     with pytest.raises(ConfigError, match=message):
         validate_config(compose_config(overrides), world_size=2)
-
-
-def test_a_split_run_is_refused_until_its_loop_exists():
-    """The loop of a split run is not built yet: say so before anything starts, rather than run every
-    rank as a learner."""
-    import autorlhf_nemo
-
-    with pytest.raises(ConfigError, match="its training loop is not yet: use rollout.placement=colocated"):
-        autorlhf_nemo.train([*SPLIT, "rollout.generator_ranks=1", "parallel.world_size=2"])
 
 
 def test_the_planner_refuses_a_split_placement_it_cannot_budget():

@@ -33,7 +33,7 @@ from nemo.core import ModelPT
 from omegaconf import DictConfig, OmegaConf
 
 from autorlhf_nemo.algorithms.batch import make_sequence_batch
-from autorlhf_nemo.algorithms.experience import Rollout, response_forward
+from autorlhf_nemo.algorithms.experience import Rollout, importance_weights, response_forward
 from autorlhf_nemo.checkpoint.dist import per_layer_keys
 from autorlhf_nemo.config.schema import RootConfig
 from autorlhf_nemo.config.validate import learner_rows_per_prompt
@@ -156,6 +156,32 @@ class OnlineModel(ModelPT):
         rows = torch.ones_like(scores)
         return {"score": masked_mean(scores, rows, dp).item(),
                 "response_length": masked_mean(generation.response_mask.sum(-1).float(), rows, dp).item()}
+
+    def off_policy(self, generation: GenerationOutput, proximal: torch.Tensor, per_sequence: bool = False):
+        """(old log-probs [b, R], importance weights or None, stats) of a step's samples
+        (rollout.*; on the last stage). Colocated: the policy sampled them, ``proximal`` (its
+        log-probs, recomputed) are the old ones. Split: the generator's log-probs of the
+        sampled distribution are the behaviour policy's; old_logprobs=behaviour takes them as
+        the old ones (the paper's code), proximal keeps ``proximal`` and, with
+        importance_correction, weighs the loss by min(pi_proximal / pi_behaviour, importance_clip)
+        (per token, or per sequence: ``per_sequence``). Stats: the mean |proximal - behaviour|
+        per token, and the weights' mean and clipped fraction."""
+        r = self.run_cfg.rollout
+        if r.placement != "split":
+            return proximal, None, {}
+        mask = generation.response_mask.float()
+        behaviour = generation.processed_logprobs.float() * mask
+        dp = parallel_state.get_data_parallel_group()
+        stats = {"behaviour_logprob_gap": masked_mean((proximal - behaviour).abs(), mask, dp).item()}
+        if r.old_logprobs == "behaviour":
+            return behaviour, None, stats
+        if not r.importance_correction:
+            return proximal, None, stats
+        weights, clipped = importance_weights(proximal, behaviour, mask, r.importance_clip, per_sequence)
+        where = torch.ones_like(weights) if per_sequence else mask
+        stats.update(importance_weight=masked_mean(weights, where, dp).item(),
+                     importance_clipped=masked_mean(clipped, where, dp).item())
+        return proximal, weights, stats
 
     # ------------------------------------------------------------------ sampling
     def generator(self, pad_token_id: int, tokenizer=None) -> Generator:

@@ -79,3 +79,17 @@ def response_forward(model, batch: dict, vocab_size: int, micro_batch_size: int,
         return None
     logprobs = torch.cat([o[0] for o in outputs])
     return logprobs, torch.cat([o[1] for o in outputs]) if with_values else None
+
+
+def importance_weights(proximal: torch.Tensor, behaviour: torch.Tensor, mask: torch.Tensor, clip: float,
+                       per_sequence: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Truncated importance weights of samples drawn by a stale policy (decoupled PPO):
+    w = min(pi_proximal / pi_behaviour, clip), per token [b, R] (1 where masked) or per
+    sequence [b] (``per_sequence``: of the summed log-probs). ``proximal``, ``behaviour``:
+    [b, R] log-probs of the learner's current weights and of the generator's sampled
+    distribution, 0 where masked. Returns (weights, clipped: 1 where the clip applied)."""
+    log_ratio = (proximal - behaviour) * mask
+    if per_sequence:
+        log_ratio = log_ratio.sum(-1)
+    ratio = torch.exp(log_ratio)
+    return ratio.clamp(max=clip), (ratio > clip).float()

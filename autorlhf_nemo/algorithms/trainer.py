@@ -9,9 +9,13 @@
     evaluate    every train.eval_every steps (and first/last): reward on held-out prompts
     save        every checkpoint.save_every steps (and last): atomic run checkpoint
 
-Prompts are drawn with the trainer's own RNG, identical on every rank; each sample
-is seeded by its global index (prompt index x samples_per_prompt + sample), so a
-run does not depend on how prompts are split over data-parallel ranks.
+Step t's prompts are drawn from a stream seeded by (train.seed, t), identical on every rank;
+each sample is seeded by its global index (prompt index x samples_per_prompt + sample), so a
+run does not depend on how prompts are split over data-parallel ranks (rollout/steps.py).
+
+rollout.placement=split: the generate phase is the generators' (rollout/generator_loop.py):
+the learner waits for step t's samples (``wait``), learns on them, and queues its new
+weights for the generators (``sync``); each step logs the staleness of its samples.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from autorlhf_nemo.checkpoint import run_checkpoint
 from autorlhf_nemo.config.schema import RootConfig
 from autorlhf_nemo.generation import SamplingParams
 from autorlhf_nemo.rewards import score
+from autorlhf_nemo.rollout import steps
 from autorlhf_nemo.training.engine import broadcast_from_last_stage
 from autorlhf_nemo.training.run_logger import RunLogger
 
@@ -61,19 +66,35 @@ class RLTrainer:
         self.restored_row = None  # the checkpointed step's metrics, on resume
         self.checkpoints = self.run_dir / "checkpoints"
         self.save_error = None  # a failed save not followed by a successful one (CheckpointSaveError)
+        self.rollouts = None  # split placement: the generators' samples (rollout/remote.py)
+        if cfg.rollout.placement == "split":
+            from autorlhf_nemo.rollout.remote import RemoteRollouts
+
+            self.rollouts = RemoteRollouts(cfg, model.runtime, model.policy.module.gpt, task.pad_token_id)
 
     # ------------------------------------------------------------------ sampling
     def _sampling(self, seed: int, row_seeds, greedy: bool = False, temperature: float | None = None) -> SamplingParams:
-        sampling = dataclasses.asdict(self.cfg.task.sampling)
-        if temperature is not None:
-            sampling["temperature"] = temperature
-        return SamplingParams(**sampling, greedy=greedy, eos_token_ids=self.task.eos_token_ids, seed=seed,
-                              row_seeds=row_seeds)
+        return steps.sampling_params(self.cfg, self.task.eos_token_ids, seed, row_seeds, greedy, temperature)
 
     def _local(self, rows: list) -> list:
         """This DP rank's contiguous share of a global list (equal shares)."""
-        per_rank = len(rows) // self.dp_size
-        return rows[self.dp_rank * per_rank:(self.dp_rank + 1) * per_rank]
+        return steps.share(rows, self.dp_rank, self.dp_size)
+
+    def _rollout(self, local: list[int], picks: list[int], timer) -> tuple:
+        """(this DP rank's samples of the step, version of the policy that drew them, generator metrics)."""
+        a = self.cfg.algorithm
+        k = a.samples_per_prompt
+        if self.rollouts is None:
+            generation = self.generator.generate([self.prompt_ids[picks[i]] for i in local], self._sampling(
+                self.cfg.train.seed + self.step_count, steps.row_seeds(local, k)), samples_per_prompt=k)
+            timer("generate")
+            return generation, self.step_count, {}
+        generation, info = self.rollouts.receive(self.step_count)
+        timer("wait")
+        rows = [i * k + j for i in local for j in range(k)]
+        return generation.select(rows), info.version, {
+            "generator/time_generate": info.generate_seconds, "generator/time_wait": info.wait_seconds,
+            "generator/time_sync": info.sync_seconds}
 
     def _score(self, prompt_ids, generation) -> tuple[list[str], list[str], list]:
         """``prompt_ids``: one per generation row."""
@@ -90,13 +111,10 @@ class RLTrainer:
         a = self.cfg.algorithm
         k = a.samples_per_prompt
         timer = PhaseTimer()
-        picks = torch.randint(len(self.prompt_ids), (a.prompts_per_step,), generator=self.rng).tolist()
+        picks = steps.step_prompts(self.cfg.train.seed, self.step_count, len(self.prompt_ids), a.prompts_per_step)
         local = self._local(list(range(a.prompts_per_step)))
         prompts = [self.prompt_ids[picks[i]] for i in local]
-        row_seeds = [i * k + j for i in local for j in range(k)]
-        generation = self.generator.generate(prompts, self._sampling(self.cfg.train.seed + self.step_count,
-                                                                     row_seeds), samples_per_prompt=k)
-        timer("generate")
+        generation, version, generator_metrics = self._rollout(local, picks, timer)
         _, _, scores = self._score([p for p in prompts for _ in range(k)], generation)
         scores = penalize_missing_eos(score_tensor(scores, generation.response_mask), generation,
                                       a.missing_eos_penalty, a.penalty_mode)
@@ -111,9 +129,13 @@ class RLTrainer:
             stats["kl"] = updates[0]["sequence_kl"]
         self.model.after_step(stats)
         timer("learn")
+        stats["staleness"] = self.step_count - version
         self.step_count += 1
+        if self.rollouts is not None:
+            self.rollouts.after_update(self.step_count)
+            timer("sync")
         metrics = {**{f"rollout/{k}": v for k, v in stats.items()}, **{f"learn/{k}": v for k, v in learn.items()},
-                   **self.model.step_metrics(), **timer.times}
+                   **self.model.step_metrics(), **generator_metrics, **timer.times}
         return metrics, updates
 
     def evaluate(self, num_samples: int = 0) -> dict:
@@ -190,6 +212,8 @@ class RLTrainer:
                            restored_updates=restored_updates)
         if resumed:
             logger.message(f"resumed from step {self.step_count} ({self.checkpoints})")
+        if self.rollouts is not None:  # the generators start from these weights (the checkpoint's on resume)
+            self.rollouts.start(self.step_count)
         after = None
         if not resumed:
             self.before = self.evaluate(logging_cfg.num_samples)
@@ -219,6 +243,8 @@ class RLTrainer:
             metrics["time/step"] = sum(val for key, val in metrics.items()
                                        if key.startswith("time/") and key != "time/step")
             logger.log(self.step_count, metrics, updates)
+        if self.rollouts is not None:
+            self.rollouts.close()
         if after is None:  # resumed a finished run
             after = self.evaluate(logging_cfg.num_samples)
         logger.plot()

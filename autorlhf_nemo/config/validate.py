@@ -463,6 +463,10 @@ def _rollout_problems(values: dict) -> list[str]:
     elif g % gen_tp:
         problems.append(f"rollout.generator_ranks={g} is not divisible by rollout.generator_tensor_parallel_size="
                         f"{gen_tp}: each generator replica takes {gen_tp} ranks")
+    elif a is not None and a["prompts_per_step"] % (g // gen_tp):
+        problems.append(f"algorithm.prompts_per_step={a['prompts_per_step']} is not divisible by the {g // gen_tp} "
+                        f"generator replicas (rollout.generator_ranks / generator_tensor_parallel_size): each "
+                        f"replica samples an equal share of a step's prompts")
     heads, groups, padded_vocab = m["num_attention_heads"], m["num_query_groups"], _padded_vocab(m)
     for name, size in (("model.num_attention_heads", heads), ("model.num_query_groups", groups),
                        ("model.ffn_hidden_size", m["ffn_hidden_size"]), ("the padded vocabulary", padded_vocab)):

@@ -9,14 +9,19 @@ Each rank's Megatron ``parallel_state`` describes the layout of its own role: me
 ``initialize_model_parallel`` runs once per role over that role's ranks (its ``RankGenerator``
 offset to the role's first rank), and each rank keeps the state of its own role. Everything that reads ``parallel_state`` -- the model builder and GPTModel's
 ``pg_collection``, the generation engine, the vocab-parallel ops, DDP -- then works unchanged in
-either role, on NCCL and gloo alike. Not so what still collects over the whole world: megatron-core's
-optimizer construction (``_get_param_groups``' ``all_gather_object``), its distributed checkpointing,
-and this project's world barriers: a split run's loop must have the generators join those calls or
-keep them off the learner path.
+either role, on NCCL and gloo alike.
+
+What collects over the *default* group -- megatron-core's optimizer construction
+(``_get_param_groups``' ``all_gather_object``), its distributed checkpointing, this project's
+barriers and broadcasts -- must not wait for the generators, which never make those calls. A split
+run's learners therefore run inside :func:`learners_as_world`, where the default group is the
+learners' own (their ranks are [0, L), so a learner's rank in it is its global rank); the learner
+and generator roles talk only over the explicit groups of :class:`RolloutLinks`, made before.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 from dataclasses import dataclass
@@ -121,6 +126,48 @@ def initialize_parallel_state(placement: Placement, parallel) -> None:
         vars(parallel_state).update(pristine)  # reset without destroying the groups just made
         pristine = _megatron_state()
     vars(parallel_state).update(mine)
+
+
+@dataclass
+class RolloutLinks:
+    """The process groups between the roles of a split placement (made collectively over the world).
+
+    senders      the learner ranks that send weights: every TP x PP rank of learner DP replica 0
+    sync_groups  sender -> group [sender] + every generator rank (weight broadcasts)
+    link         [learner rank 0] + every generator rank: the start message and the sample batches
+    learners     the learner ranks: their default group inside ``learners_as_world``"""
+
+    senders: list[int]
+    sync_groups: dict
+    link: object
+    learners: object
+
+    @classmethod
+    def create(cls, placement: Placement) -> "RolloutLinks":
+        """Collective over the world, after ``initialize_parallel_state``."""
+        sends = placement.role(dist.get_rank()) != GENERATOR and parallel_state.get_data_parallel_rank() == 0 \
+            and parallel_state.get_context_parallel_rank() == 0
+        everyone = [None] * dist.get_world_size()
+        dist.all_gather_object(everyone, (dist.get_rank(), sends))
+        senders = [rank for rank, send in everyone if send]
+        generators = list(placement.generator_ranks)
+        sync_groups = {sender: dist.new_group([sender, *generators]) for sender in senders}
+        link = dist.new_group([placement.learner_ranks.start, *generators])
+        learners = dist.new_group(list(placement.learner_ranks))
+        return cls(senders, sync_groups, link, learners)
+
+
+@contextlib.contextmanager
+def learners_as_world(links: RolloutLinks):
+    """On a learner rank of a split placement: the default process group is the learners' own
+    inside, so calls without a group (barriers, ``all_gather_object``, dist checkpointing) are
+    collective over the learners only. The learner ranks are [0, L): a rank and group rank agree."""
+    world = dist.GroupMember.WORLD
+    dist.GroupMember.WORLD = links.learners
+    try:
+        yield
+    finally:
+        dist.GroupMember.WORLD = world
 
 
 def role_config(cfg, role: str):

@@ -27,7 +27,7 @@ from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
 from autorlhf_nemo.config.schema import RootConfig
 from autorlhf_nemo.config.validate import validate_config
 from autorlhf_nemo.parallel import cpu_compat
-from autorlhf_nemo.parallel.placement import LEARNER, Placement, initialize_parallel_state
+from autorlhf_nemo.parallel.placement import LEARNER, Placement, RolloutLinks, initialize_parallel_state
 
 VIRTUAL_GPU_ENV = "AUTORLHF_VIRTUAL_GPU"
 
@@ -49,6 +49,8 @@ class Runtime:
     groups: ProcessGroupCollection
     # rollout.placement: which ranks learn and which only generate
     placement: Placement = None
+    # split placement: the groups between learners and generators (None when colocated)
+    links: RolloutLinks | None = None
 
     @property
     def role(self) -> str:
@@ -136,6 +138,7 @@ def initialize(cfg: RootConfig) -> Runtime:
         )
     placement = Placement.from_config(cfg.rollout, world_size)
     initialize_parallel_state(placement, par)
+    links = RolloutLinks.create(placement) if placement.split else None
     seed_everything(cfg.train.seed)
     return Runtime(
         rank=dist.get_rank(),
@@ -150,6 +153,7 @@ def initialize(cfg: RootConfig) -> Runtime:
         dp_rank=parallel_state.get_data_parallel_rank(),
         groups=ProcessGroupCollection.use_mpu_process_groups(),
         placement=placement,
+        links=links,
     )
 
 

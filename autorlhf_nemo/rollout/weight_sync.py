@@ -102,21 +102,18 @@ def copy_overlap(target: torch.Tensor, source: torch.Tensor, info: TensorInfo, t
 
 
 class WeightSync:
-    """Collective over the world at construction (every rank, same order); then ``sync`` is
-    called by the sending learner ranks and every generator rank after each policy update
-    whose weights the generators need (the other learner ranks may call it too: it returns)."""
+    """Collective over each sender's group at construction (the senders and every generator
+    rank); then ``sync`` is called by the sending learner ranks and every generator rank after
+    each policy update whose weights the generators need (other learner ranks may call it: it
+    returns). A sender's broadcasts may be left running (``async_op``): its buffers are a
+    snapshot of the weights, so the optimizer may step meanwhile; ``wait`` ends them."""
 
-    def __init__(self, placement, model, device: torch.device):
-        """``model``: this rank's GPTModel (the learner's policy trunk or the generator's copy)."""
+    def __init__(self, placement, links, model, device: torch.device):
+        """``links``: the placement's RolloutLinks; ``model``: this rank's GPTModel (the learner's
+        policy trunk or the generator's copy)."""
         self.model, self.device = model, device
         self.receiving = placement.role(dist.get_rank()) == GENERATOR
-        mine = (dist.get_rank(), not self.receiving and parallel_state.get_data_parallel_rank() == 0
-                and parallel_state.get_context_parallel_rank() == 0)
-        everyone = [None] * dist.get_world_size()
-        dist.all_gather_object(everyone, mine)
-        self.senders = [rank for rank, sends in everyone if sends]
-        generators = list(placement.generator_ranks)
-        self.groups = {sender: dist.new_group([sender, *generators]) for sender in self.senders}
+        self.senders, self.groups = links.senders, links.sync_groups
         self.sending = dist.get_rank() in self.senders
         self.infos = {}  # sender -> [TensorInfo], exchanged once
         for sender in self.senders:
@@ -132,6 +129,7 @@ class WeightSync:
         self.buffers = {sender: self._by_dtype(infos) for sender, infos in self.infos.items()}
         self.seconds, self.bytes = 0.0, 0
         self.checked = False
+        self.pending = []  # (work, buffer) of a sender's unfinished broadcasts
 
     @staticmethod
     def _by_dtype(infos: list[TensorInfo]) -> dict[torch.dtype, list[int]]:
@@ -140,11 +138,19 @@ class WeightSync:
             order.setdefault(info.dtype, []).append(index)
         return dict(sorted(order.items(), key=lambda item: str(item[0])))
 
+    def wait(self) -> None:
+        """Finish a sender's broadcasts left running by ``sync(async_op=True)``."""
+        for work, _ in self.pending:
+            work.wait()
+        self.pending = []
+
     @torch.no_grad()
-    def sync(self) -> None:
-        """Send (learner replica 0) or receive (generators) the current weights; a no-op elsewhere."""
+    def sync(self, async_op: bool = False) -> None:
+        """Send (learner replica 0) or receive (generators) the current weights; a no-op elsewhere.
+        ``async_op``: a sender returns once its snapshot is taken and the broadcasts are queued."""
         if not (self.sending or self.receiving):
             return
+        self.wait()
         start, moved = time.perf_counter(), 0
         if self.receiving:
             params = dict(self.model.named_parameters())
@@ -158,8 +164,10 @@ class WeightSync:
             if self.sending and sender == dist.get_rank():
                 tensors = [t for _, t in sent_tensors(self.model)]
                 for dtype, indices in self.buffers[sender].items():
-                    buffer = torch.cat([tensors[i].detach().reshape(-1) for i in indices])
-                    dist.broadcast(buffer, src=sender, group=self.groups[sender])
+                    buffer = torch.cat([tensors[i].detach().reshape(-1) for i in indices])  # a snapshot
+                    work = dist.broadcast(buffer, src=sender, group=self.groups[sender], async_op=async_op)
+                    if async_op:
+                        self.pending.append((work, buffer))
                     moved += buffer.numel() * buffer.element_size()
             elif self.receiving:
                 for dtype, indices in self.buffers[sender].items():
@@ -189,6 +197,6 @@ class WeightSync:
             if wrong:
                 raise RuntimeError(f"weight sync: the learner's tensors do not cover these generator parameters "
                                    f"exactly once (elements missed, elements written twice): {wrong}")
-        if torch.cuda.is_available():
+        if torch.cuda.is_available() and not async_op:
             torch.cuda.synchronize()  # the broadcasts and copies are queued on the stream: time them done
         self.seconds, self.bytes = time.perf_counter() - start, moved

@@ -57,7 +57,7 @@ def main():
         with torch.no_grad():
             for param in gpt.parameters():
                 param.normal_()
-    sync = WeightSync(runtime.placement, gpt, runtime.device)
+    sync = WeightSync(runtime.placement, runtime.links, gpt, runtime.device)
     before = gathered_models(gpt, cfg, runtime.role)
     sync.sync()
     after = gathered_models(gpt, cfg, runtime.role)

@@ -35,7 +35,7 @@ def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: 
               advantages: torch.Tensor, mask: torch.Tensor, clip_low: float, clip_high: float, beta: float,
               aggregation: str = "token") -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Per-token log-probs [b, T] (current, sampling policy, reference: None when beta = 0),
-    advantages [b], mask [b, T] (1 on response tokens).
+    advantages [b] (or [b, T]: weighted per token), mask [b, T] (1 on response tokens).
 
     Returns (loss sum, count, {name: (sum, count)}): count is the minibatch's token count
     (aggregation=token) or its number of samples (sequence); reports per token: ratio,
@@ -43,7 +43,7 @@ def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: 
     mask = mask.float()
     log_ratio = logprobs - old_logprobs
     ratio = torch.exp(log_ratio)
-    adv = advantages[:, None]
+    adv = advantages[:, None] if advantages.dim() == 1 else advantages  # per sequence, or per token
     per_token = -torch.minimum(ratio * adv, torch.clamp(ratio, 1 - clip_low, 1 + clip_high) * adv)
     kl = None
     if beta != 0:

@@ -25,16 +25,21 @@ class GRPOModel(OnlineModel):
         advantages, zero_std = grpo_advantages(scores, rollout.samples_per_prompt, a.epsilon, a.scale_rewards)
         batch = self.sequence_batch(g)
         batch["advantages"] = advantages
-        policy = self.policy_logprobs(batch) if self.updates_per_step > 1 else None
+        # the split placement needs the learner's own log-probs too (base.off_policy)
+        recompute = self.updates_per_step > 1 or self.run_cfg.rollout.placement == "split"
+        policy = self.policy_logprobs(batch) if recompute else None
         ref = self.reference_logprobs(batch)          # None without a reference (beta 0)
         if not parallel_state.is_pipeline_last_stage():
             return batch, {}
-        old = policy[0] if policy is not None else None
+        old, weights, off_policy = self.off_policy(g, policy[0]) if policy is not None else (None, None, {})
+        if weights is not None:  # per token: w * clipped objective; advantages [b] -> [b, R]
+            batch["advantages"] = advantages[:, None] * weights
         batch.update({k: v for k, v in (("ref_logprobs", ref), ("old_logprobs", old)) if v is not None})
         dp = parallel_state.get_data_parallel_group()
         rows = torch.ones_like(scores)
         stats = {**self.sample_stats(scores, g),
-                 "zero_std_fraction": masked_mean(zero_std.float(), torch.ones_like(zero_std.float()), dp).item()}
+                 "zero_std_fraction": masked_mean(zero_std.float(), torch.ones_like(zero_std.float()), dp).item(),
+                 **off_policy}
         if ref is not None and old is not None:
             stats["kl"] = masked_mean((old - ref).sum(-1), rows, dp).item()
         return batch, stats

@@ -2,7 +2,8 @@
 a KL controller and reward statistics.
 
     make_experience   policy log-probs + values and reference log-probs (one forward each),
-                      KL-penalised per-token rewards, GAE (rollout.py)
+                      KL-penalised per-token rewards, GAE (rollout.py); split placement:
+                      the generator's log-probs and truncated importance weights (base.off_policy)
     forward_step      clipped policy and value losses (step.py, losses.py)
     after_step        adaptive KL coefficient (kl.py)
 """
@@ -38,10 +39,14 @@ class PPOModel(OnlineModel):
         if policy_out is None:  # not the last pipeline stage: only the rows travel on
             return batch, {}
         logprobs, values = policy_out
+        logprobs, weights, off_policy = self.off_policy(g, logprobs)
         experience, stats = ppo_experience(scores, g.response_mask, logprobs, values, ref_logprobs,
                                            kl_coef=self.kl_controller.value, gamma=a.gamma, lam=a.lam,
                                            clip_reward=a.clip_reward, whiten_advantages=a.whiten_advantages)
-        return {**batch, **experience.per_token()}, stats
+        rows = experience.per_token()
+        if weights is not None:  # the clipped objective of each token, weighed: w * max(-A r, -A clip(r))
+            rows["advantages"] = rows["advantages"] * weights
+        return {**batch, **rows}, {**stats, **off_policy}
 
     def forward_step(self):
         a = self.run_cfg.algorithm

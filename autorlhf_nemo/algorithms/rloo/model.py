@@ -25,15 +25,17 @@ class RLOOModel(OnlineModel):
         ref = self.reference_logprobs(batch)          # None without a reference (kl_coef 0)
         if not parallel_state.is_pipeline_last_stage():
             return batch, {}
-        old = policy[0]
+        old, weights, off_policy = self.off_policy(g, policy[0], per_sequence=True)
         kl = (old - ref).sum(-1) if ref is not None else torch.zeros_like(scores)
         advantages, rewards = rloo_advantages(scores, kl, rollout.samples_per_prompt, a.kl_coef)
         dp = parallel_state.get_data_parallel_group()
         rows = torch.ones_like(scores)
         if a.whiten_advantages:
             advantages = masked_whiten(advantages, rows, group=dp)
+        if weights is not None:  # w * max(-A rho, -A clip(rho)), w per sequence
+            advantages = advantages * weights
         batch.update(old_logps=old.sum(-1), advantages=advantages)
-        stats = {**self.sample_stats(scores, g), "rlhf_reward": masked_mean(rewards, rows, dp).item()}
+        stats = {**self.sample_stats(scores, g), "rlhf_reward": masked_mean(rewards, rows, dp).item(), **off_policy}
         if ref is not None:
             stats["kl"] = masked_mean(kl, rows, dp).item()
         return batch, stats

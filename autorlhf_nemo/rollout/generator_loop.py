@@ -1,0 +1,79 @@
+"""A generator rank's whole run (rollout.placement=split): sample every step's prompts with
+the newest policy version the staleness bound allows, and send the samples to the learner.
+
+    build      the policy trunk at the generator layout (placement.role_config), no optimizer
+    start      learner rank 0 says which step the run starts at (0, or the resumed step)
+               and sends that version's weights
+    per step t sync (when steps.generators_receive_before), generate this replica's share
+               of step t's prompts, queue the batch for learner rank 0 (non-blocking: the
+               replica goes on to step t + 1, or waits for its weights)
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch.distributed as dist
+from megatron.core import parallel_state
+
+from autorlhf_nemo.generation import Generator, matmul
+from autorlhf_nemo.models.gpt import build_model
+from autorlhf_nemo.parallel.placement import GENERATOR, role_config
+from autorlhf_nemo.rollout import steps, transport
+from autorlhf_nemo.rollout.weight_sync import WeightSync
+
+LEARNER_ZERO = 0  # the learner rank that starts the generators and receives their batches
+
+
+def exchange_roles(links) -> list[tuple[int, int, int]]:
+    """Collective over ``links.link`` (learner rank 0 and the generators): (rank, replica,
+    TP rank) of every generator rank, in rank order."""
+    mine = None
+    if dist.get_rank() != LEARNER_ZERO:
+        mine = (dist.get_rank(), parallel_state.get_data_parallel_rank(),
+                parallel_state.get_tensor_model_parallel_rank())
+    everyone = [None] * dist.get_world_size(links.link)
+    dist.all_gather_object(everyone, mine, group=links.link)
+    return [entry for entry in everyone if entry is not None]
+
+
+def run_generator(cfg, runtime, task) -> None:
+    a, r = cfg.algorithm, cfg.rollout
+    gen_cfg = role_config(cfg, GENERATOR)
+    gpt = build_model(gen_cfg)
+    gpt.eval()
+    sync = WeightSync(runtime.placement, runtime.links, gpt, runtime.device)
+    exchange_roles(runtime.links)
+    engine = Generator(gpt, cfg.model.vocab_size, task.pad_token_id,
+                       pack_weights=matmul.packing_available(runtime.device, gpt.config.params_dtype))
+    prompt_ids = [task.encode(p) for p in task.prompts]
+    replica = parallel_state.get_data_parallel_rank()
+    replicas = parallel_state.get_data_parallel_world_size()
+    sends = parallel_state.get_tensor_model_parallel_rank() == 0
+
+    start = [None]
+    dist.broadcast_object_list(start, src=LEARNER_ZERO, group=runtime.links.link)
+    start = start[0]
+    began = time.perf_counter()
+    sync.sync()
+    engine.weights_changed()
+    version, waited, queued = start, time.perf_counter() - began, []
+    for step in range(start, cfg.train.total_steps):
+        if steps.generators_receive_before(step, start, r.max_staleness):
+            began = time.perf_counter()
+            sync.sync()
+            engine.weights_changed()
+            version, waited = step - r.max_staleness, time.perf_counter() - began
+        began = time.perf_counter()
+        picks = steps.step_prompts(cfg.train.seed, step, len(prompt_ids), a.prompts_per_step)
+        mine = steps.share(list(range(a.prompts_per_step)), replica, replicas)
+        params = steps.sampling_params(cfg, task.eos_token_ids, cfg.train.seed + step,
+                                       steps.row_seeds(mine, a.samples_per_prompt))
+        generation = engine.generate([prompt_ids[picks[i]] for i in mine], params,
+                                     samples_per_prompt=a.samples_per_prompt)
+        info = transport.BatchInfo(version, step, time.perf_counter() - began, waited, sync.seconds)
+        waited = 0.0
+        if sends:
+            queued += transport.send(generation, info, LEARNER_ZERO, runtime.links.link, runtime.device)
+    for work, _ in queued:
+        work.wait()
