@@ -52,13 +52,35 @@ def cli(nproc: int, overrides: list[str], timeout: int = 900, virtual_gpu: bool 
     return proc
 
 
+def children(pid: int) -> dict[int, bytes]:
+    """{pid: environment} of the processes whose parent is ``pid``."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                environ = (entry / "environ").read_bytes()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found[int(entry.name)] = environ
+    return found
+
+
 def kill_after(nproc: int, overrides: list[str], marker: Path, timeout: int = 600) -> None:
-    """Start the command-line job and SIGKILL its whole process group as soon as ``marker``
-    exists (e.g. a checkpoint's manifest), or once the job has ended or ``timeout`` passed."""
+    """Start the command-line job and SIGKILL it, with torchrun's workers (each in a session of
+    its own), as soon as ``marker`` exists (e.g. a checkpoint's manifest), or once the job has
+    ended or ``timeout`` passed."""
     proc = subprocess.Popen(cli_command(nproc, overrides), env=cli_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + timeout
     while not marker.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
+    workers = children(proc.pid)
     os.killpg(proc.pid, signal.SIGKILL)
+    for pid in workers:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     proc.wait()

@@ -10,19 +10,23 @@ device-discipline check: generator ranks sample, learner ranks learn, weights fl
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+import torch
 
+from autorlhf_nemo.algorithms.experience import importance_weights
 from autorlhf_nemo.checkpoint import run_checkpoint
-from helpers import cli, cli_command, cli_env, kill_after
+from helpers import children, cli, cli_command, cli_env, kill_after
 
 WALK = ["task=randomwalks", "task.graph_seed=1002", "logging.progress_bar=false", "checkpoint.export_hf=false",
-        "algorithm.prompts_per_step=32", "train.eval_every=0"]
+        "algorithm.prompts_per_step=32", "train.micro_batch_size=8", "train.eval_every=0"]
 SPLIT = ["rollout.placement=split", "rollout.generator_ranks=1"]
 EXCLUDED = ("time/", "generator/", "rollout/staleness", "rollout/behaviour_logprob_gap", "rollout/importance_")
 
@@ -46,14 +50,16 @@ def ppo_runs(pretrained_walker, tmp_path_factory):
     root = tmp_path_factory.mktemp("async_ppo")
     base = [*walker(pretrained_walker), "algorithm=ppo", "train.total_steps=3"]
     cli(1, [*base, f"run_dir={root / 'colocated'}"], virtual_gpu=True)
-    split = cli(2, [*base, *SPLIT, f"run_dir={root / 'split'}", "checkpoint.save_every=1"], virtual_gpu=True)
+    # without the importance weights, whose exp(proximal - behaviour) is 1 only to float precision
+    split = cli(2, [*base, *SPLIT, "rollout.importance_correction=false", f"run_dir={root / 'split'}",
+                    "checkpoint.save_every=1"], virtual_gpu=True)
     return root, split.stdout
 
 
 def test_split_synchronous_run_equals_the_colocated_one(ppo_runs):
     """Same prompts, seeds and weights: the generator samples the learner's tokens, so every
     step's rewards, losses and KL are the colocated run's, bit for bit; the generator's
-    log-probs of the sampled distribution are the learner's recomputed ones (gap 0, weights 1)."""
+    log-probs of the sampled distribution are the learner's recomputed ones to float precision."""
     root, stdout = ppo_runs
     assert "split: learner ranks 0, generator ranks 1" in stdout and "(virtual GPU" in stdout
     colocated, split = metrics(root / "colocated"), metrics(root / "split")
@@ -63,21 +69,22 @@ def test_split_synchronous_run_equals_the_colocated_one(ppo_runs):
     for step in range(1, 4):
         assert split[step]["rollout/staleness"] == 0
         assert split[step]["rollout/behaviour_logprob_gap"] < 1e-5
-        assert split[step]["rollout/importance_weight"] == pytest.approx(1.0, abs=1e-5)
         assert split[step]["generator/time_generate"] > 0 and split[step]["time/wait"] >= 0
 
 
 def test_split_resume_after_sigkill_at_staleness_0_continues_exactly(ppo_runs, pretrained_walker, tmp_path):
     root, _ = ppo_runs
-    base = [*walker(pretrained_walker), "algorithm=ppo", "train.total_steps=3", *SPLIT, "checkpoint.save_every=1"]
+    base = [*walker(pretrained_walker), "algorithm=ppo", "train.total_steps=3", *SPLIT,
+            "rollout.importance_correction=false", "checkpoint.save_every=1"]
     run_dir = tmp_path / "killed"
     marker = run_dir / "checkpoints" / "step_000001" / run_checkpoint.MANIFEST
     kill_after(2, [*base, f"run_dir={run_dir}"], marker)
     assert marker.exists() and not (run_dir / "summary.json").exists()
     resumed = cli(2, [*base, f"run_dir={run_dir}"])
-    assert "resumed from step" in resumed.stdout + resumed.stderr
+    start = int(re.search(r"resumed from step (\d+)", resumed.stdout + resumed.stderr).group(1))
+    assert 1 <= start <= 2
     reference, after = metrics(root / "split"), metrics(run_dir)
-    for step in (2, 3):
+    for step in range(start + 1, 4):
         assert compared(after[step]) == compared(reference[step]), step
         assert after[step]["rollout/staleness"] == 0
 
@@ -85,49 +92,54 @@ def test_split_resume_after_sigkill_at_staleness_0_continues_exactly(ppo_runs, p
 @pytest.fixture(scope="module")
 def dpo_async(pretrained_walker, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("async_dpo")
-    cli(2, [*walker(pretrained_walker), "algorithm=online_dpo", "train.total_steps=8", *SPLIT,
-            "rollout.max_staleness=1", f"run_dir={run_dir}"], virtual_gpu=True)
+    cli(2, [*walker(pretrained_walker), "algorithm=online_dpo", "train.total_steps=12", "algorithm.prompts_per_step=64",
+            "train.lr=3e-4", *SPLIT, "rollout.max_staleness=1", f"run_dir={run_dir}"], virtual_gpu=True)
     return run_dir
 
 
 def test_split_asynchronous_online_dpo_learns(dpo_async):
     summary = json.loads((dpo_async / "summary.json").read_text())
     history = metrics(dpo_async)
-    assert [history[s]["rollout/staleness"] for s in range(1, 9)] == [0] + [1] * 7
-    assert summary["after"]["reward"] >= summary["before"]["reward"] + 0.15, summary
-    late = [history[s]["rollout/score"] for s in range(6, 9)]
-    assert sum(late) / 3 > history[1]["rollout/score"] + 0.05
+    assert [history[s]["rollout/staleness"] for s in range(1, 13)] == [0] + [1] * 11
+    # the pretrained walker: 0.84 greedy optimality, 0.75 sampled; every run of this seed reaches >= 0.99 and 0.91
+    assert summary["before"]["reward"] < 0.9 and summary["after"]["reward"] >= 0.97, summary
+    late = [history[s]["rollout/score"] for s in range(10, 13)]
+    assert sum(late) / 3 > history[1]["rollout/score"] + 0.1
 
 
 def test_split_resume_after_sigkill_at_staleness_1_starts_fresh(pretrained_walker, tmp_path):
     """The generators restart from the checkpointed weights: the first batch after the resume
     has staleness 0, the next 1; the run completes."""
-    base = [*walker(pretrained_walker), "algorithm=online_dpo", "train.total_steps=5", *SPLIT,
+    base = [*walker(pretrained_walker), "algorithm=online_dpo", "train.total_steps=8", *SPLIT,
             "rollout.max_staleness=1", "checkpoint.save_every=2"]
     run_dir = tmp_path / "killed"
     marker = run_dir / "checkpoints" / "step_000002" / run_checkpoint.MANIFEST
     kill_after(2, [*base, f"run_dir={run_dir}"], marker)
+    assert not (run_dir / "summary.json").exists()
     resumed = cli(2, [*base, f"run_dir={run_dir}"])
-    assert "resumed from step 2" in resumed.stdout + resumed.stderr
+    start = int(re.search(r"resumed from step (\d+)", resumed.stdout + resumed.stderr).group(1))
+    assert 2 <= start <= 6  # the kill lands after the step-2 checkpoint, possibly after a later one
     history = metrics(run_dir)
-    assert [history[s]["rollout/staleness"] for s in (3, 4, 5)] == [0, 1, 1]
+    assert [history[s]["rollout/staleness"] for s in range(start + 1, 9)] == [0] + [1] * (7 - start)
     assert (run_dir / "summary.json").is_file()
+
+
+def test_importance_weights_are_truncated_ratios():
+    """min(pi_proximal / pi_behaviour, c) per token (1 where masked) or per sequence."""
+    proximal = torch.tensor([[-1.0, -2.0, 0.0], [-0.5, -0.5, -0.5]])
+    behaviour = torch.tensor([[-1.5, -1.0, 0.0], [-0.5, -3.0, -0.5]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    weights, clipped = importance_weights(proximal, behaviour, mask, 2.0, per_sequence=False)
+    expected = torch.tensor([[math.exp(0.5), math.exp(-1.0), 1.0], [1.0, 2.0, 1.0]])
+    assert torch.allclose(weights, expected) and clipped.tolist() == [[0, 0, 0], [0, 1, 0]]
+    weights, clipped = importance_weights(proximal, behaviour, mask, 2.0, per_sequence=True)
+    assert torch.allclose(weights, torch.tensor([math.exp(-0.5), 2.0])) and clipped.tolist() == [0, 1]
 
 
 def _rank_pid(launcher_pid: int, rank: int) -> int | None:
     """The pid of the torchrun worker with RANK=``rank`` under ``launcher_pid``."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            environ = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        if parent == launcher_pid and f"RANK={rank}".encode() in environ:
-            return int(entry.name)
-    return None
+    return next((pid for pid, environ in children(launcher_pid).items()
+                 if f"RANK={rank}".encode() in environ.split(b"\0")), None)
 
 
 def test_a_killed_generator_ends_the_job_naming_its_rank(pretrained_walker, tmp_path):
