@@ -93,8 +93,7 @@ class RLTrainer:
         timer("wait")
         rows = [i * k + j for i in local for j in range(k)]
         return generation.select(rows), info.version, {
-            "generator/time_generate": info.generate_seconds, "generator/time_wait": info.wait_seconds,
-            "generator/time_sync": info.sync_seconds}
+            "generator/time_generate": info.generate_seconds, "generator/time_wait": info.wait_seconds}
 
     def _score(self, prompt_ids, generation) -> tuple[list[str], list[str], list]:
         """``prompt_ids``: one per generation row."""

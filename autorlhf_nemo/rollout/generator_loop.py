@@ -71,7 +71,7 @@ def run_generator(cfg, runtime, task) -> None:
                                        steps.row_seeds(mine, a.samples_per_prompt))
         generation = engine.generate([prompt_ids[picks[i]] for i in mine], params,
                                      samples_per_prompt=a.samples_per_prompt)
-        info = transport.BatchInfo(version, step, time.perf_counter() - began, waited, sync.seconds)
+        info = transport.BatchInfo(version, step, time.perf_counter() - began, waited)
         waited = 0.0
         if sends:
             queued += transport.send(generation, info, LEARNER_ZERO, runtime.links.link, runtime.device)

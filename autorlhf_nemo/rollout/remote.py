@@ -29,7 +29,6 @@ class RemoteRollouts:
         # the generator rank that sends each replica's batches (its TP rank 0), in replica order
         self.sources = sorted((replica, rank) for rank, replica, tp_rank in exchange_roles(self.links)
                               if tp_rank == 0) if self.first else []
-        self.sync_seconds = 0.0
 
     def start(self, step: int) -> None:
         if self.first:

@@ -3,8 +3,8 @@
 A batch travels as three tensors, sent point-to-point over ``RolloutLinks.link`` from each
 generator replica's TP rank 0 to learner rank 0, in step order:
 
-    header   float64 [8]: rows, P, R, policy version, step, and the generator's seconds
-             generating, waiting for weights (receive included), and of its last weight sync
+    header   float64 [8]: rows, P, R, policy version, step, the generator's seconds generating
+             this batch and waiting for (and receiving) the weights it was drawn with, 0
     ints     int64 [rows, 2P + 2R + 1]: prompt ids | prompt mask | response ids | response mask | stop reason
     floats   float32 [rows, 2R]: raw log-probs | log-probs of the sampled distribution
 
@@ -34,7 +34,6 @@ class BatchInfo:
     step: int
     generate_seconds: float
     wait_seconds: float
-    sync_seconds: float
 
 
 def pack(generation: GenerationOutput, info: BatchInfo, device) -> list[torch.Tensor]:
@@ -43,7 +42,7 @@ def pack(generation: GenerationOutput, info: BatchInfo, device) -> list[torch.Te
     rows, prompt_len = g.prompt_ids.shape
     response_len = g.response_ids.shape[1]
     header = torch.tensor([rows, prompt_len, response_len, info.version, info.step, info.generate_seconds,
-                           info.wait_seconds, info.sync_seconds], dtype=torch.float64, device=device)
+                           info.wait_seconds, 0.0], dtype=torch.float64, device=device)
     stops = torch.tensor([STOP_REASONS.index(r) for r in g.stop_reasons], dtype=torch.long, device=device)
     ints = torch.cat([g.prompt_ids.long(), g.prompt_mask.long(), g.response_ids.long(), g.response_mask.long(),
                       stops[:, None]], dim=1).to(device)
@@ -56,7 +55,7 @@ def unpack(header: torch.Tensor, ints: torch.Tensor, floats: torch.Tensor) -> tu
     prompt_ids, prompt_mask, response_ids, response_mask, stops = ints.split([p, p, r, r, 1], dim=1)
     logprobs, processed = floats.split([r, r], dim=1)
     values = header.tolist()
-    info = BatchInfo(int(values[3]), int(values[4]), *values[5:8])
+    info = BatchInfo(int(values[3]), int(values[4]), values[5], values[6])
     return GenerationOutput(prompt_ids, prompt_mask, response_ids, response_mask, logprobs, processed,
                             [STOP_REASONS[int(s)] for s in stops.flatten().tolist()]), info
 
@@ -104,8 +103,7 @@ def join(parts: list[tuple[GenerationOutput, BatchInfo]], pad_token_id: int) -> 
         [reason for g in outputs for reason in g.stop_reasons])
     infos = [i for _, i in parts]
     return joined, BatchInfo(min(i.version for i in infos), infos[0].step,
-                             max(i.generate_seconds for i in infos), max(i.wait_seconds for i in infos),
-                             max(i.sync_seconds for i in infos))
+                             max(i.generate_seconds for i in infos), max(i.wait_seconds for i in infos))
 
 
 def broadcast(batch: tuple[GenerationOutput, BatchInfo] | None, device) -> tuple[GenerationOutput, BatchInfo]:
