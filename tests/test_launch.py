@@ -151,6 +151,23 @@ def test_hydra_submitit_slurm_launcher_composes_for_multi_node_jobs():
     assert launcher["timeout_min"] == 24 * 60 and launcher["name"] == "llama3_70b_ppo"
 
 
+def test_split_recipe_launches_every_rank_learners_and_generators_alike():
+    """The 70B split recipe: 5 nodes x 8 GPUs, one torchrun per node, world 40 (32 learners, 8 generators);
+    Hydra's Slurm launcher asks for the same 40 tasks."""
+    overrides = ["recipe=llama3_70b_online_dpo_split", "model.hf_checkpoint=/data/Meta-Llama-3-70B-Instruct"]
+    script = render_sbatch(compose_config(overrides), overrides)
+    for line in ["#SBATCH --nodes=5", "#SBATCH --gpus-per-node=8", "--kill-on-bad-exit=1", "--nproc-per-node=8",
+                 "recipe=llama3_70b_online_dpo_split model.hf_checkpoint=/data/Meta-Llama-3-70B-Instruct "
+                 "parallel.world_size=40"]:
+        assert line in script, line
+    register_configs()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        cfg = compose("config", overrides=["hydra/launcher=slurm", "recipe=llama3_70b_online_dpo_split"],
+                      return_hydra_config=True)
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert (launcher["nodes"], launcher["tasks_per_node"]) == (5, 8)
+
+
 def test_cfg_hydra_shows_the_launcher():
     proc = subprocess.run([sys.executable, "-m", "autorlhf_nemo", "hydra/launcher=slurm", "recipe=llama3_8b_ppo",
                            "--cfg", "hydra", "-p", "hydra.launcher"], env=cli_env(), capture_output=True,

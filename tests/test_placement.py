@@ -48,13 +48,6 @@ def test_options_split_placement_does_not_support_are_refused(overrides, message
         validate_config(compose_config(overrides), world_size=2)
 
 
-def test_the_planner_refuses_a_split_placement_it_cannot_budget():
-    from autorlhf_nemo.plan.planner import plan_layout
-
-    with pytest.raises(ConfigError, match="the planner does not budget rollout.placement=split yet"):
-        plan_layout(compose_config([*SPLIT, "rollout.generator_ranks=1", "parallel.world_size=2"]))
-
-
 def shards(blocks: list[torch.Tensor], size: int, dim: int) -> list[torch.Tensor]:
     """Megatron's split of a tensor made of ``len(blocks)`` interleaved blocks (partition_stride) over
     ``size`` TP ranks along ``dim``: rank r holds [block 0's part r; block 1's part r; ...]."""

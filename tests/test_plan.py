@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from helpers import cli, cli_env
-from autorlhf_nemo.plan.memory import (Shapes, kv_cache_bytes, layer_activation_bytes, logits_bytes,
+from autorlhf_nemo.plan.memory import (GIB, Shapes, kv_cache_bytes, layer_activation_bytes, logits_bytes,
                                        stage_activation_bytes)
 from autorlhf_nemo.plan.planner import ILQLHeads
 
@@ -223,3 +223,47 @@ def test_logits_with_ilql_q_heads_by_hand():
     # s b V/t = 2 x 1 x 16 entries; LM logits at 2 + 8 B, 2 fp32 Q outputs at 12 B, 2 targets at 4 B
     assert logits_bytes(Shapes(**SHAPES, sequence_parallel=False)) == 32 * 10
     assert logits_bytes(Shapes(**SHAPES, sequence_parallel=False, q_heads=2)) == 32 * (10 + 2 * 12 + 2 * 4)
+
+
+def test_llama3_8b_split_recipe_fits_6_learners_and_2_generators():
+    """6 learner GPUs (TP2 x DP3) + 2 generator GPUs (two TP1 bf16 replicas): the generator holds
+    the whole model (8.03e9 x 2 B) and the KV cache of its 192 rows x 1024 tokens; a sending
+    learner rank also keeps its weight snapshot."""
+    proc = plan_cli("recipe=llama3_8b_online_dpo_split")
+    assert proc.returncode == 0, proc.stderr
+    plan = json.loads(proc.stdout)
+    assert (plan["world_size"], plan["generator_ranks"], plan["generator_tp"]) == (8, 2, 1)
+    assert (plan["tp"], plan["pp"], plan["dp"]) == (2, 1, 3)
+    m, c, g = plan["memory"][0], plan["counts"][0], plan["generator"]
+    assert m["sync_snapshot"] == 2 * c["trunk"]
+    assert m["optimizer"] == -(-12 * c["trainable"] // 3)
+    assert m["kv_cache"] == kv_cache_bytes(Shapes(4096, 1024, 14336, 128256, 2, 2, 1, True, "selective", 1024, 4, 8,
+                                                  -(-96 // 3)), 32)  # evaluation only: 96 prompts over DP3
+    assert g["parameters"] == 8_030_261_248 and g["weights"] == 2 * 8_030_261_248
+    assert g["kv_cache"] == 2 * 32 * 192 * 1024 * 1024 * 2 == 24 * GIB   # 192 rows = 192 prompts x 2 / 2 replicas
+    assert g["receive"] == 2 * c["trunk"]
+    assert m["peak"] < 80 * GIB and plan["problems"] == []
+
+
+def test_llama3_70b_split_recipe_fits_32_learners_and_8_generators():
+    proc = plan_cli("recipe=llama3_70b_online_dpo_split")
+    assert proc.returncode == 0, proc.stderr
+    plan = json.loads(proc.stdout)
+    assert (plan["world_size"], plan["tp"], plan["pp"], plan["dp"]) == (40, 8, 4, 1)
+    g = plan["generator"]
+    sharded = sum(c["trunk_sharded"] for c in plan["counts"]) * 8
+    replicated = sum(c["trunk"] - c["trunk_sharded"] for c in plan["counts"])
+    assert g["parameters"] == sharded // 4 + replicated and g["weights"] == 2 * g["parameters"]
+    assert g["kv_cache"] == 2 * 80 * 128 * 1024 * (8 * 128 // 4) * 2         # 64 prompts x 2 per replica
+    assert all(m["peak"] < 80 * GIB for m in plan["memory"]) and g["peak"] < 80 * GIB
+    assert plan["problems"] == []
+
+
+def test_the_papers_7_plus_1_split_does_not_fit_with_megatron():
+    """7 learner GPUs can only be TP1 x DP7: the planner names what does not fit."""
+    proc = plan_cli("recipe=llama3_8b_online_dpo_split", "rollout.generator_ranks=1",
+                    "parallel.tensor_model_parallel_size=1", "parallel.sequence_parallel=false",
+                    "algorithm.prompts_per_step=224", json_out=False)
+    assert proc.returncode == 2
+    need = float(re.search(r"stage 0 needs ([\d.]+) GiB per GPU", proc.stderr).group(1))
+    assert need > 100 and "weight-sync snapshot 15.0" in proc.stderr

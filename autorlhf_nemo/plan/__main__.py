@@ -34,9 +34,14 @@ def format_ilql_heads(heads, tp: int) -> str:
 
 
 def format_plan(plan) -> str:
+    learners = plan.world_size - plan.generator_ranks
+    sync_column = f" {'sync':>5}" if plan.generator_ranks else ""
+    split = (f" (split: {learners} learner GPUs, {plan.generator_ranks} generator GPUs as "
+             f"{plan.generator_ranks // plan.generator_tp} replica(s) of TP{plan.generator_tp})"
+             if plan.generator_ranks else "")
     lines = [
         f"plan: {plan.model}{', algorithm ' + plan.algorithm if plan.algorithm else ''} on "
-        f"{plan.world_size} GPUs: TP{plan.tp} x PP{plan.pp} x CP{plan.cp} x DP{plan.dp}, sequence parallel "
+        f"{plan.world_size} GPUs{split}: learners TP{plan.tp} x PP{plan.pp} x CP{plan.cp} x DP{plan.dp}, sequence parallel "
         f"{'on' if plan.sequence_parallel else 'off'}, distributed optimizer "
         f"{'on' if plan.distributed_optimizer else 'off'}, recompute {plan.recompute or 'none'}",
         "",
@@ -54,15 +59,24 @@ def format_plan(plan) -> str:
     lines += [
         "",
         f"memory per GPU in GiB (budget {plan.gpu_memory / GIB:g} GiB; peak = weights + gradients + optimizer + "
-        f"reference + max(activations + logits, KV cache) + reserved)",
+        f"reference + max(activations + logits, KV cache) + reserved"
+        + (" + the weight-sync snapshot (sync) on sending ranks)" if plan.generator_ranks else ")"),
         f"{'stage':>5} {'weights':>8} {'grads':>7} {'optim':>7} {'(no ZeRO)':>9} {'ref':>6} {'activ':>7} "
-        f"{'logits':>7} {'KV':>6} {'rsvd':>5} {'peak':>7}  fits",
+        f"{'logits':>7} {'KV':>6} {'rsvd':>5}{sync_column} {'peak':>7}  fits",
     ]
     for m in plan.memory:
         lines.append(
             f"{m.stage:>5} {_gib(m.weights):>8} {_gib(m.gradients):>7} {_gib(m.optimizer):>7} "
             f"{_gib(m.optimizer_unsharded):>9} {_gib(m.reference):>6} {_gib(m.activations):>7} {_gib(m.logits):>7} "
-            f"{_gib(m.kv_cache):>6} {_gib(m.reserved):>5} {_gib(m.peak):>7}  {'yes' if m.peak <= plan.gpu_memory else 'NO'}")
+            f"{_gib(m.kv_cache):>6} {_gib(m.reserved):>5}"
+            + (f" {_gib(m.sync_snapshot):>5}" if plan.generator_ranks else "")
+            + f" {_gib(m.peak):>7}  {'yes' if m.peak <= plan.gpu_memory else 'NO'}")
+    g = plan.generator
+    if g is not None:
+        lines += ["", f"generator GPU (TP{plan.generator_tp}, {g.parameters:,} parameters): weights {_gib(g.weights)}, "
+                      f"KV cache {_gib(g.kv_cache)}, logits {_gib(g.logits)}, weight-sync receive buffer "
+                      f"{_gib(g.receive)}, reserved {_gib(g.reserved)} -> peak {_gib(g.peak)} GiB  "
+                      f"fits {'yes' if g.peak <= plan.gpu_memory else 'NO'}"]
     return "\n".join(lines)
 
 
@@ -71,6 +85,8 @@ def plan_as_dict(plan) -> dict:
     out["total_parameters"] = plan.total_parameters
     for m, stage in zip(plan.memory, out["memory"]):
         stage["peak"] = m.peak
+    if plan.generator is not None:
+        out["generator"]["peak"] = plan.generator.peak
     out["problems"] = plan.problems()
     return out
 

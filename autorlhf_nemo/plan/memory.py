@@ -42,6 +42,22 @@ Generation (same ranks, before learning) holds the KV cache instead:
 
 The peak is the static state plus the larger of the two phases, plus a
 reserve for the CUDA context, NCCL buffers and allocator fragmentation.
+
+Split placement (rollout.placement=split): the learner ranks hold the above for their own
+layout (their generation: the evaluation prompts only); a learner rank that sends weights
+(data-parallel replica 0) also keeps its snapshot of them while the generators receive it:
+
+    sync_snapshot = P_stage x dtype_bytes
+
+A generator rank (TP g, no PP, in rollout.generator_dtype) holds the whole trunk's 1/g:
+
+    weights  = (P_sharded / g + P_replicated) x gen_dtype_bytes
+    KV cache = 2 x layers x b_gen x S x (kv_heads / g) x head_dim x gen_dtype_bytes
+               b_gen = prompts_per_step x samples_per_prompt / replicas
+    logits   = b_gen x V/g x (gen_dtype_bytes + 8)          (one decode step's, fp32 copies)
+    receive  = the largest learner rank's shard x dtype_bytes (one sender's buffer at a time)
+
+    peak = weights + max(KV cache + logits, receive) + reserved
 """
 
 from __future__ import annotations
@@ -88,14 +104,44 @@ class StageMemory:
     logits: int
     kv_cache: int
     reserved: int
+    sync_snapshot: int = 0     # split placement, weight-sending ranks: the weights' snapshot
 
     @property
     def static(self) -> int:
-        return self.weights + self.gradients + self.optimizer + self.reference
+        return self.weights + self.gradients + self.optimizer + self.reference + self.sync_snapshot
 
     @property
     def peak(self) -> int:
         return self.static + max(self.activations + self.logits, self.kv_cache) + self.reserved
+
+
+@dataclass
+class GeneratorMemory:
+    """One generator rank of a split placement (see the module docstring)."""
+
+    parameters: int
+    weights: int
+    kv_cache: int
+    logits: int
+    receive: int
+    reserved: int
+
+    @property
+    def peak(self) -> int:
+        return self.weights + max(self.kv_cache + self.logits, self.receive) + self.reserved
+
+
+def generator_memory(sharded: int, replicated: int, layers: int, kv_width: int, vocab: int, seq_length: int,
+                     batch: int, tp: int, dtype_bytes: int, largest_shard_bytes: int,
+                     reserved_gib: float) -> GeneratorMemory:
+    """``sharded`` / ``replicated``: the trunk's TP-split and replicated parameters (whole model);
+    ``batch``: sequences a replica generates at once; ``largest_shard_bytes``: the biggest sender's buffer."""
+    parameters = sharded // tp + replicated
+    return GeneratorMemory(
+        parameters=parameters, weights=parameters * dtype_bytes,
+        kv_cache=2 * layers * batch * seq_length * (kv_width // tp) * dtype_bytes,
+        logits=batch * (vocab // tp) * (dtype_bytes + 8), receive=largest_shard_bytes,
+        reserved=int(reserved_gib * GIB))
 
 
 def layer_activation_bytes(shapes: Shapes) -> int:
@@ -135,9 +181,11 @@ def kv_cache_bytes(shapes: Shapes, layers: int) -> int:
 
 def stage_memory(shapes: Shapes, stage: int, layers: int, parameters: int, trainable: int,
                  reference_parameters: int, optimizer: str, dp_shard: int, reserved_gib: float,
-                 last_stage: bool, fp32_parameters: int = 0, fp32_trainable: int = 0) -> StageMemory:
+                 last_stage: bool, fp32_parameters: int = 0, fp32_trainable: int = 0,
+                 sync_snapshot: int = 0) -> StageMemory:
     """``fp32_parameters`` / ``fp32_trainable``: of ``parameters`` / ``trainable``, those kept in
-    fp32 whatever the model's dtype (ILQL's heads)."""
+    fp32 whatever the model's dtype (ILQL's heads); ``sync_snapshot``: bytes of a split
+    placement's weight snapshot on a sending rank."""
     half = shapes.dtype_bytes == 2
     adam = 8 if optimizer == "adam" else 0
     state = (trainable - fp32_trainable) * ((4 if half else 0) + adam) + fp32_trainable * adam
@@ -153,4 +201,5 @@ def stage_memory(shapes: Shapes, stage: int, layers: int, parameters: int, train
         logits=logits_bytes(shapes) if last_stage else 0,
         kv_cache=kv_cache_bytes(shapes, layers),
         reserved=int(reserved_gib * GIB),
+        sync_snapshot=sync_snapshot,
     )

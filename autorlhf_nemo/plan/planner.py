@@ -7,6 +7,11 @@ full world size (``meta_world.py``), and its parameters are counted. TP ranks
 of a stage hold equal shards and DP ranks are replicas, so these counts stand
 for every rank. ILQL's heads are counted from their shapes (``ILQLHeads``).
 Memory follows from the counts (``memory.py``).
+
+A split placement (rollout.placement=split) is planned as its learners -- the ``parallel``
+layout over world - rollout.generator_ranks ranks, evaluating only -- plus one generator rank
+(TP rollout.generator_tensor_parallel_size, rollout.generator_dtype) holding its share of the
+trunk and the KV cache of its share of a step's samples.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ from dataclasses import dataclass
 from autorlhf_nemo.config.schema import ILQLConfig, RootConfig, typed_config
 from autorlhf_nemo.config.validate import ConfigError, learner_rows_per_prompt, validate_config
 from autorlhf_nemo.models.gpt import padded_vocab_size
-from autorlhf_nemo.plan.memory import DTYPE_BYTES, GIB, Shapes, StageMemory, stage_memory
+from autorlhf_nemo.plan.memory import (DTYPE_BYTES, GIB, GeneratorMemory, Shapes, StageMemory, generator_memory,
+                                       stage_memory)
 from autorlhf_nemo.plan.meta_world import fake_rank, stage_rank
 
 
@@ -84,6 +90,10 @@ class Plan:
     memory: list[StageMemory]
     gpu_memory: int
     ilql_heads: ILQLHeads | None = None
+    # split placement: generator ranks, their TP size, and one generator rank's memory
+    generator_ranks: int = 0
+    generator_tp: int = 1
+    generator: GeneratorMemory | None = None
 
     @property
     def total_parameters(self) -> int:
@@ -99,12 +109,22 @@ class Plan:
                     f"cluster.gpu_memory_gib={self.gpu_memory / GIB:g} (weights {m.weights / GIB:.1f}, "
                     f"gradients {m.gradients / GIB:.1f}, optimizer {m.optimizer / GIB:.1f}, reference "
                     f"{m.reference / GIB:.1f}, activations {(m.activations + m.logits) / GIB:.1f}, KV cache "
-                    f"{m.kv_cache / GIB:.1f}, reserved {m.reserved / GIB:.1f} GiB): raise "
+                    f"{m.kv_cache / GIB:.1f}, reserved {m.reserved / GIB:.1f}"
+                    + (f", weight-sync snapshot {m.sync_snapshot / GIB:.1f}" if m.sync_snapshot else "")
+                    + " GiB): raise "
                     f"parallel.tensor_model_parallel_size or pipeline_model_parallel_size"
                     + ("" if self.distributed_optimizer else ", set parallel.use_distributed_optimizer=true")
                     + ("" if self.recompute == "full" else ", set train.recompute=full")
                     + ", or lower train.micro_batch_size / train.seq_length / "
                     + ("task.num_eval_prompts" if self.ilql_heads else "algorithm.prompts_per_step"))
+        g = self.generator
+        if g is not None and g.peak > self.gpu_memory:
+            problems.append(
+                f"a generator rank needs {g.peak / GIB:.1f} GiB per GPU, more than cluster.gpu_memory_gib="
+                f"{self.gpu_memory / GIB:g} (weights {g.weights / GIB:.1f}, KV cache {g.kv_cache / GIB:.1f}, logits "
+                f"{g.logits / GIB:.1f}, weight-sync receive buffer {g.receive / GIB:.1f}, reserved {g.reserved / GIB:.1f} "
+                f"GiB): raise rollout.generator_tensor_parallel_size, set rollout.generator_dtype=bfloat16, add "
+                f"generator replicas, or lower algorithm.prompts_per_step / train.seq_length")
         return problems
 
 
@@ -121,14 +141,12 @@ def plan_layout(cfg) -> Plan:
     typed = typed_config(cfg)
     world = world_size_of(typed)
     validate_config(cfg, world_size=world)
-    if typed.rollout.placement == "split":
-        raise ConfigError(["the planner does not budget rollout.placement=split yet (generator GPUs: weights + KV "
-                           "cache; learner GPUs over the remaining ranks): plan the learner alone as colocated, "
-                           "with parallel.world_size = the learner ranks"])
     cfg = typed
-    m, p, t, a, c = cfg.model, cfg.parallel, cfg.train, cfg.algorithm, cfg.cluster
+    m, p, t, a, c, r = cfg.model, cfg.parallel, cfg.train, cfg.algorithm, cfg.cluster, cfg.rollout
+    split = r.placement == "split"
+    learners = world - (r.generator_ranks if split else 0)
     tp, pp, cp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size, p.context_parallel_size
-    dp = world // (tp * pp * cp)
+    dp = learners // (tp * pp * cp)
 
     vocab = padded_vocab_size(m.vocab_size, m.make_vocab_size_divisible_by)
     ilql = None
@@ -140,7 +158,7 @@ def plan_layout(cfg) -> Plan:
 
     counts = []
     for stage in range(pp):
-        with fake_rank(stage_rank(stage, world, pp), world, tp, pp, cp):
+        with fake_rank(stage_rank(stage, learners, pp), learners, tp, pp, cp):
             counts.append(_count_stage(cfg, ilql))
 
     if ilql is not None:  # offline: train.global_batch_size samples a step; generation only to evaluate
@@ -150,7 +168,8 @@ def plan_layout(cfg) -> Plan:
         rollouts = a.prompts_per_step * a.samples_per_prompt
         learner_rows = a.prompts_per_step * learner_rows_per_prompt(a.name, a.samples_per_prompt)
         micro_batches = learner_rows // (dp * a.minibatches * t.micro_batch_size)
-        generation_batch = -(-max(rollouts, cfg.task.num_eval_prompts) // dp)
+        # split: the generators sample; the learners generate only to evaluate
+        generation_batch = -(-(cfg.task.num_eval_prompts if split else max(rollouts, cfg.task.num_eval_prompts)) // dp)
     else:
         micro_batches = t.global_batch_size // (dp * t.micro_batch_size)
         generation_batch = 0
@@ -168,12 +187,24 @@ def plan_layout(cfg) -> Plan:
                      dp * cp if p.use_distributed_optimizer else 1, c.reserved_memory_gib,
                      last_stage=stage == pp - 1,
                      fp32_parameters=n.head if ilql else 0,
-                     fp32_trainable=ilql.trainable(tp) if ilql and stage == pp - 1 else 0)
+                     fp32_trainable=ilql.trainable(tp) if ilql and stage == pp - 1 else 0,
+                     sync_snapshot=n.trunk * shapes.dtype_bytes if split else 0)
         for stage, n in enumerate(counts)]
+    generator = None
+    if split:
+        g = r.generator_tensor_parallel_size
+        gen_bytes = DTYPE_BYTES[r.generator_dtype or m.params_dtype]
+        generator = generator_memory(
+            sharded=sum(n.trunk_sharded for n in counts) * tp, replicated=sum(n.trunk - n.trunk_sharded for n in counts),
+            layers=m.num_layers, kv_width=shapes.kv_width, vocab=vocab, seq_length=t.seq_length,
+            batch=a.prompts_per_step * a.samples_per_prompt // (r.generator_ranks // g), tp=g, dtype_bytes=gen_bytes,
+            largest_shard_bytes=max(n.trunk for n in counts) * shapes.dtype_bytes, reserved_gib=c.reserved_memory_gib)
     return Plan(model=m.name, world_size=world, tp=tp, pp=pp, cp=cp, dp=dp,
                 sequence_parallel=p.sequence_parallel, distributed_optimizer=p.use_distributed_optimizer,
                 recompute=t.recompute, algorithm=a.name if a else None, counts=counts, memory=memory,
-                gpu_memory=int(c.gpu_memory_gib * GIB), ilql_heads=ilql)
+                gpu_memory=int(c.gpu_memory_gib * GIB), ilql_heads=ilql,
+                generator_ranks=r.generator_ranks if split else 0, generator_tp=r.generator_tensor_parallel_size,
+                generator=generator)
 
 
 def _count_stage(cfg: RootConfig, ilql: ILQLHeads | None) -> StageCounts:
