@@ -9,12 +9,14 @@ device-discipline check: generator ranks sample, learner ranks learn, weights fl
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -23,7 +25,7 @@ import torch
 
 from autorlhf_nemo.algorithms.experience import importance_weights
 from autorlhf_nemo.checkpoint import run_checkpoint
-from helpers import children, cli, cli_command, cli_env, kill_after
+from helpers import WORKERS, children, cli, cli_command, cli_env, kill_after
 
 WALK = ["task=randomwalks", "task.graph_seed=1002", "logging.progress_bar=false", "checkpoint.export_hf=false",
         "algorithm.prompts_per_step=32", "train.micro_batch_size=8", "train.eval_every=0"]
@@ -87,6 +89,42 @@ def test_split_resume_after_sigkill_at_staleness_0_continues_exactly(ppo_runs, p
     for step in range(start + 1, 4):
         assert compared(after[step]) == compared(reference[step]), step
         assert after[step]["rollout/staleness"] == 0
+
+
+@pytest.fixture(scope="module")
+def layout_runs(pretrained_walker, tmp_path_factory):
+    """RLOO colocated at DP2, and split with a DP2 learner and two TP1 generator replicas (staleness 0);
+    GRPO split with a PP2 learner and one TP2 generator replica (staleness 1)."""
+    root = tmp_path_factory.mktemp("async_layouts")
+    rloo = [*walker(pretrained_walker), "algorithm=rloo", "train.total_steps=2", "parallel=dp2",
+            "parallel.world_size=null"]
+    cli(2, [*rloo, f"run_dir={root / 'colocated_dp2'}"], virtual_gpu=True)
+    cli(4, [*rloo, "rollout.placement=split", "rollout.generator_ranks=2", "rollout.importance_correction=false",
+            f"run_dir={root / 'split_dp2'}"], virtual_gpu=True)
+    cli(4, [*walker(pretrained_walker), "algorithm=grpo", "train.total_steps=3", "parallel=pp2",
+            "parallel.world_size=null", "rollout.placement=split", "rollout.generator_ranks=2",
+            "rollout.generator_tensor_parallel_size=2", "rollout.max_staleness=1", f"run_dir={root / 'split_pp2'}"],
+        virtual_gpu=True)
+    return root
+
+
+def test_two_generator_replicas_feed_a_dp2_learner_as_colocated_dp2_ranks(layout_runs):
+    """Each replica samples its half of the prompts with the global row seeds; the learner joins
+    them and each DP rank takes its own rows: the run equals colocated DP2."""
+    colocated, split = metrics(layout_runs / "colocated_dp2"), metrics(layout_runs / "split_dp2")
+    for step in range(3):
+        assert compared(split[step]) == compared(colocated[step]), step
+
+
+def test_a_tp2_generator_feeds_a_pp2_learner_and_their_log_probs_agree(layout_runs):
+    """Different layouts compute the same distribution to float precision: at staleness 0 (step 1)
+    the generator's log-probs match the learner's recomputed ones; later the gap is the policy's step."""
+    history = metrics(layout_runs / "split_pp2")
+    assert [history[s]["rollout/staleness"] for s in (1, 2, 3)] == [0, 1, 1]
+    assert history[1]["rollout/behaviour_logprob_gap"] < 1e-4
+    assert history[1]["rollout/importance_weight"] == pytest.approx(1.0, abs=1e-4)
+    assert history[1]["rollout/importance_clipped"] == 0.0
+    assert history[2]["rollout/behaviour_logprob_gap"] > 10 * history[1]["rollout/behaviour_logprob_gap"]
 
 
 @pytest.fixture(scope="module")
@@ -167,3 +205,36 @@ def test_a_killed_generator_ends_the_job_naming_its_rank(pretrained_walker, tmp_
     assert elapsed < 60, elapsed
     assert "rank      : 1" in output or "rank: 1" in output, output[-3000:]
     assert "Signal 9 (SIGKILL)" in output, output[-3000:]
+
+
+def test_a_learner_that_raises_ends_the_job_with_its_error(tmp_path):
+    """The learner's reward function raises (SmolLM2, a custom task): the generator, waiting for the
+    learner, is stopped too; the job exits non-zero within 60 s of the error, naming rank 0 and the error."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(WORKERS / "api_run.py"), "--mode", "raises", "--split", "--run-dir", str(tmp_path / "run")]
+    proc = subprocess.Popen(cmd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=600)
+        ended = time.time()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode != 0
+    assert "KeyError: 'no score for colours'" in output, output[-3000:]
+    root_cause = output.split("Root Cause")[1]
+    assert re.search(r"rank\s*: 0 \(local_rank: 0\)\s*\n\s*exitcode\s*: 1", root_cause), output[-3000:]
+    failed = datetime.datetime.strptime(re.search(r"time\s*: (\S+)", root_cause).group(1), "%Y-%m-%d_%H:%M:%S")
+    assert ended - failed.timestamp() < 60  # torchrun's time of the learner's exit -> the job's end
+
+
+def test_hydra_submitit_local_launcher_runs_a_split_job(pretrained_walker, tmp_path):
+    """hydra/launcher=local: two submitit tasks (no torchrun) form the world; rank 1 generates."""
+    proc = subprocess.run([sys.executable, "-m", "autorlhf_nemo", "-m", "hydra/launcher=local", "cluster.gpus_per_node=2",
+                           *walker(pretrained_walker), "algorithm=online_dpo", "train.total_steps=3", *SPLIT,
+                           "rollout.max_staleness=1", f"run_dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path}"],
+                          env=cli_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    history = metrics(tmp_path / "run")
+    assert [history[s]["rollout/staleness"] for s in (1, 2, 3)] == [0, 1, 1]
+    assert (tmp_path / "run" / "summary.json").is_file()
