@@ -38,7 +38,8 @@ def train(overrides: Sequence[str] = (), *, reward_fn: Callable | None = None,
     evaluations use the first ``task.num_eval_prompts`` training prompts (the report
     says so). Call it in every process under torchrun, or in a plain process for a
     single-rank run. Returns {"before", "after", "history"} (evaluations and
-    per-step metrics; complete on global rank 0).
+    per-step metrics; complete on global rank 0), and None on the generator ranks of a
+    split placement (``rollout.placement=split``).
 
         autorlhf_nemo.train(["model=smollm2_135m", "train.total_steps=20"],
                             reward_fn=lambda samples, **_: [len(s) / 100 for s in samples],

@@ -58,7 +58,9 @@ def run_rl(cfg, prompts=None, reward_fn=None, eval_prompts=None, samples=None, r
     the training: the run goes on, exports the policy, writes the summary (its
     ``checkpoint_error``), and then raises that error.
 
-    rollout.placement=split: the generator ranks run rollout/generator_loop.py and return None."""
+    rollout.placement=split: the generator ranks run rollout/generator_loop.py and return None
+    as soon as the learner has their last batch (they wait for none of its final evaluation,
+    save and export)."""
     import time
 
     start = time.perf_counter()
@@ -77,7 +79,7 @@ def run_rl(cfg, prompts=None, reward_fn=None, eval_prompts=None, samples=None, r
     runtime = initialize(cfg)
     if not runtime.placement.split:
         summary, save_error = _train(cfg, runtime, task, offline, start)
-    elif runtime.role == GENERATOR:  # rollout.placement=split: this rank only samples
+    elif runtime.role == GENERATOR:  # rollout.placement=split: this rank only samples, then ends
         from autorlhf_nemo.rollout.generator_loop import run_generator
 
         run_generator(cfg, runtime, task)
@@ -85,7 +87,6 @@ def run_rl(cfg, prompts=None, reward_fn=None, eval_prompts=None, samples=None, r
     else:
         with learners_as_world(runtime.links):  # collectives without a group: over the learners only
             summary, save_error = _train(cfg, runtime, task, offline, start)
-    dist.barrier()
     shutdown()
     if save_error is not None:
         raise save_error
@@ -137,7 +138,7 @@ def _train(cfg: RootConfig, runtime, task, offline, start: float) -> tuple[dict,
     if runtime.rank == 0:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         print(report(summary, cfg), flush=True)
-    dist.barrier()
+    dist.barrier()  # over the learners (the default group of a split run's learners)
     return summary, trainer.save_error
 
 

@@ -7,8 +7,9 @@ step samples N x M prompts and makes N optimizer updates of M prompts, so update
 trains on samples j updates stale (N = 1: on-policy). The minibatch size M and the number of
 optimizer updates U are the same for every N (U / N steps), so every run sees as many samples
 and makes as many updates. Each (algorithm, N) runs with >= 2 seeds; the bench prints per
-algorithm and N the final greedy optimality (mean and spread over seeds) and the KL to the
-initial policy at the last step, and saves a plot of both against N.
+algorithm and N the greedy optimality after the U updates (mean and spread over seeds) and the
+KL to the initial policy of the policy after them (measured on the samples of one more step),
+and saves a plot of both against N.
 
     .venv/bin/python bench/off_policy.py [--quick] [--seeds 0 1] [--out runs/off_policy.png]
 
@@ -54,17 +55,19 @@ def run(algorithm: str, minibatches: int, seed: int, args, walker: Path, root: P
     cmd = [sys.executable, "-m", "autorlhf_nemo", f"algorithm={algorithm}", "task=randomwalks",
            f"model.hf_checkpoint={walker}", f"algorithm.minibatches={minibatches}", "algorithm.epochs=1",
            f"algorithm.prompts_per_step={minibatches * args.minibatch_prompts}",
-           f"train.total_steps={args.updates // minibatches}", f"train.seed={seed}",
-           f"train.micro_batch_size={args.minibatch_prompts // 2}", "train.eval_every=0", f"run_dir={run_dir}",
+           # one step more than U / N: its samples come from the policy after U updates (their KL);
+           # the greedy optimality is evaluated after step U / N
+           f"train.total_steps={args.updates // minibatches + 1}", f"train.eval_every={args.updates // minibatches}",
+           f"train.seed={seed}", f"train.micro_batch_size={args.minibatch_prompts // 2}", f"run_dir={run_dir}",
            "checkpoint.resume=false", "checkpoint.export_hf=false", "logging.progress_bar=false",
            "logging.tensorboard=false"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
     if proc.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    summary = json.loads((run_dir / "summary.json").read_text())
-    last = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][-1]
-    return {"optimality": summary["after"]["reward"], "before": summary["before"]["reward"],
-            "kl": last.get("rollout/kl", float("nan"))}
+    rows = {r["step"]: r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
+    steps = args.updates // minibatches
+    return {"optimality": rows[steps]["eval/reward"], "before": rows[0]["eval/reward"],
+            "kl": rows[steps + 1].get("rollout/kl", float("nan"))}
 
 
 def plot(results: dict, sizes: list[int], path: Path) -> None:
@@ -78,7 +81,7 @@ def plot(results: dict, sizes: list[int], path: Path) -> None:
         runs = [results[(algorithm, n)] for n in sizes]
         left.plot(sizes, [statistics.mean(r["optimality"] for r in rs) for rs in runs], marker="o", label=algorithm)
         right.plot(sizes, [statistics.mean(r["kl"] for r in rs) for rs in runs], marker="o", label=algorithm)
-    for axis, label in ((left, "final greedy optimality"), (right, "KL to the initial policy (last step)")):
+    for axis, label in ((left, "greedy optimality after U updates"), (right, "KL to the initial policy after them")):
         axis.set_xscale("log", base=2)
         axis.set_xticks(sizes, [str(n) for n in sizes])
         axis.set_xlabel("minibatches N (updates per batch of samples)")
@@ -119,9 +122,9 @@ def main() -> None:
         results.setdefault((a, n), []).append(r)
     args.algorithms = [a for a in ALGORITHMS if a in args.algorithms]
     print(f"\nrandomwalks (seed 1000), {args.updates} updates of {args.minibatch_prompts} prompts, seeds {args.seeds}: "
-          f"final greedy optimality (min-max over seeds) and KL at the last step; the pretrained walker scores "
+          f"greedy optimality after them (min-max over seeds) and the final policy's KL; the pretrained walker scores "
           f"{done[0]['before']:.3f}")
-    print(f"{'algorithm':11}" + "".join(f"{'N=' + str(n):>22}" for n in sizes))
+    print(f"{'algorithm':11}" + "".join(f"{'N=' + str(n):>28}" for n in sizes))
     for a in args.algorithms:
         cells = []
         for n in sizes:
@@ -129,7 +132,7 @@ def main() -> None:
             opt = [r["optimality"] for r in rs]
             cells.append(f"{statistics.mean(opt):.3f} ({min(opt):.2f}-{max(opt):.2f}) "
                          f"KL {statistics.mean(r['kl'] for r in rs):.2f}")
-        print(f"{a:11}" + "".join(f"{c:>22}" for c in cells))
+        print(f"{a:11}" + "".join(f"{c:>28}" for c in cells))
     print("\ndrop in optimality from N=1 to N=16 (mean over seeds):")
     drops = {a: statistics.mean(r["optimality"] for r in results[(a, sizes[0])])
              - statistics.mean(r["optimality"] for r in results[(a, sizes[-1])]) for a in args.algorithms}

@@ -128,6 +128,51 @@ def test_a_tp2_generator_feeds_a_pp2_learner_and_their_log_probs_agree(layout_ru
 
 
 @pytest.fixture(scope="module")
+def weighted_runs(pretrained_walker, tmp_path_factory):
+    """Split, staleness 1: PPO with and without importance weights, RLOO with the generator's
+    log-probs as the old ones."""
+    root = tmp_path_factory.mktemp("async_weighted")
+    async_split = [*walker(pretrained_walker), *SPLIT, "rollout.max_staleness=1", "train.total_steps=3"]
+    cli(2, [*async_split, "algorithm=ppo", f"run_dir={root / 'ppo'}"])
+    cli(2, [*async_split, "algorithm=ppo", "rollout.importance_correction=false", f"run_dir={root / 'ppo_unweighted'}"])
+    cli(2, [*async_split, "algorithm=rloo", "rollout.old_logprobs=behaviour", f"run_dir={root / 'rloo'}"])
+    return root
+
+
+def updates(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "updates.jsonl").read_text().splitlines()]
+
+
+def test_importance_weights_reach_ppos_policy_loss(weighted_runs):
+    """Step 1 is fresh (weights 1 to float precision: the generator's log-probs are the learner's
+    at TP1), so with and without the weights its policy losses agree; step 2's samples are one
+    version old, their weights differ from 1, and so do that step's policy losses."""
+    weighted, unweighted = updates(weighted_runs / "ppo"), updates(weighted_runs / "ppo_unweighted")
+
+    def largest_difference(step):
+        pairs = [(w["policy_loss"], u["policy_loss"]) for w, u in zip(weighted, unweighted) if w["step"] == step]
+        assert len(pairs) == 16
+        return max(abs(w - u) / max(abs(u), 1e-3) for w, u in pairs)
+
+    assert largest_difference(1) < 1e-5 and largest_difference(2) > 1e-3
+    history = metrics(weighted_runs / "ppo")
+    assert history[1]["rollout/importance_weight"] == pytest.approx(1.0, abs=1e-5)
+    assert history[1]["rollout/behaviour_logprob_gap"] < 1e-5
+    assert abs(history[2]["rollout/importance_weight"] - 1.0) > 1e-4 and history[2]["rollout/behaviour_logprob_gap"] > 1e-3
+
+
+def test_behaviour_old_log_probs_start_rloos_ratio_at_one(weighted_runs):
+    """old_logprobs=behaviour: the ratio's denominator is the generator's log-prob; at staleness 0
+    the generator sampled with the learner's weights, so the first update's ratio is 1 to float
+    precision; no importance weights are applied."""
+    rows = updates(weighted_runs / "rloo")
+    assert rows[0]["ratio"] == pytest.approx(1.0, abs=1e-5)
+    history = metrics(weighted_runs / "rloo")
+    assert "rollout/importance_weight" not in history[1] and history[2]["rollout/staleness"] == 1
+    assert history[1]["rollout/behaviour_logprob_gap"] < 1e-5
+
+
+@pytest.fixture(scope="module")
 def dpo_async(pretrained_walker, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("async_dpo")
     cli(2, [*walker(pretrained_walker), "algorithm=online_dpo", "train.total_steps=12", "algorithm.prompts_per_step=64",
@@ -160,6 +205,8 @@ def test_split_resume_after_sigkill_at_staleness_1_starts_fresh(pretrained_walke
     history = metrics(run_dir)
     assert [history[s]["rollout/staleness"] for s in range(start + 1, 9)] == [0] + [1] * (7 - start)
     assert (run_dir / "summary.json").is_file()
+    again = cli(2, [*base, f"run_dir={run_dir}"])  # a finished run: the generators start and end at once
+    assert "resumed from step 8" in again.stdout + again.stderr
 
 
 def test_importance_weights_are_truncated_ratios():

@@ -42,10 +42,24 @@ def test_bad_split_layouts_are_named_before_any_process_group(overrides, world, 
     (["algorithm=online_dpo", "task=custom", "rollout.max_staleness=1"], "max_staleness=1 needs rollout.placement=split"),
     (["algorithm=online_dpo", "task=custom", "rollout.generator_ranks=1"], "generator_ranks=1 needs rollout.placement=split"),
     (["rollout.placement=split", "rollout.generator_ranks=1"], "choose an online algorithm"),
+    (["algorithm=ppo", "task=custom", "rollout.placement=split", "rollout.generator_ranks=1",
+      "task.sampling.top_p=0.9"], r"task.sampling.top_p=0.9: the generator's log-probs are of the filtered"),
+    (["algorithm=grpo", "task=custom", "rollout.placement=split", "rollout.generator_ranks=1",
+      "rollout.importance_correction=false", "rollout.old_logprobs=behaviour", "task.sampling.top_k=5"],
+     r"task.sampling.top_k=5"),
 ])
 def test_options_split_placement_does_not_support_are_refused(overrides, message):
+    """(Filtered sampling stays allowed where nothing compares the two distributions: online DPO, or
+    importance_correction=false with proximal old log-probs; see the test below.)"""
     with pytest.raises(ConfigError, match=message):
         validate_config(compose_config(overrides), world_size=2)
+
+
+def test_filtered_sampling_is_allowed_where_no_log_probs_are_compared():
+    for overrides in (["algorithm=online_dpo", "task.sampling.top_p=0.9"],
+                      ["algorithm=rloo", "task.sampling.top_k=5", "rollout.importance_correction=false"]):
+        validate_config(compose_config([*overrides, "task=custom", "rollout.placement=split",
+                                        "rollout.generator_ranks=1"]), world_size=2)
 
 
 def shards(blocks: list[torch.Tensor], size: int, dim: int) -> list[torch.Tensor]:

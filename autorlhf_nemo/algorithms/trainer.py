@@ -68,9 +68,11 @@ class RLTrainer:
         self.save_error = None  # a failed save not followed by a successful one (CheckpointSaveError)
         self.rollouts = None  # split placement: the generators' samples (rollout/remote.py)
         if cfg.rollout.placement == "split":
+            from autorlhf_nemo.rollout.generator_loop import message_widths
             from autorlhf_nemo.rollout.remote import RemoteRollouts
 
-            self.rollouts = RemoteRollouts(cfg, model.runtime, model.policy.module.gpt, task.pad_token_id)
+            self.rollouts = RemoteRollouts(cfg, model.runtime, model.policy.module.gpt, task.pad_token_id,
+                                           message_widths(cfg, self.prompt_ids))
 
     # ------------------------------------------------------------------ sampling
     def _sampling(self, seed: int, row_seeds, greedy: bool = False, temperature: float | None = None) -> SamplingParams:

@@ -479,6 +479,17 @@ def _rollout_problems(values: dict) -> list[str]:
     elif a["name"] == "ilql":
         problems.append("rollout.placement=split does not apply to algorithm=ilql (offline: it samples nothing "
                         "while it learns): use rollout.placement=colocated")
+    elif a["name"] != "online_dpo" and (r["importance_correction"] or r["old_logprobs"] == "behaviour"):
+        sampling = values["task"]["sampling"]
+        filters = [f"task.sampling.{key}={sampling[key]}" for key, off in (("top_k", 0), ("top_p", 1.0),
+                                                                           ("min_new_tokens", 0))
+                   if sampling[key] != off]
+        if filters:
+            problems.append(
+                f"rollout.placement=split with {', '.join(filters)}: the generator's log-probs are of the filtered "
+                f"distribution it sampled, the learner's of the tempered one, so importance weights or "
+                f"old_logprobs=behaviour would compare two different distributions; drop the filter, or set "
+                f"rollout.importance_correction=false with rollout.old_logprobs=proximal")
     return problems
 
 

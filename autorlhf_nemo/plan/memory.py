@@ -56,6 +56,7 @@ A generator rank (TP g, no PP, in rollout.generator_dtype) holds the whole trunk
                b_gen = prompts_per_step x samples_per_prompt / replicas
     logits   = b_gen x V/g x (gen_dtype_bytes + 8)          (one decode step's, fp32 copies)
     receive  = the largest learner rank's shard x dtype_bytes (one sender's buffer at a time)
+               + the first sync's coverage check: one int8 per generator parameter
 
     peak = weights + max(KV cache + logits, receive) + reserved
 """
@@ -140,7 +141,7 @@ def generator_memory(sharded: int, replicated: int, layers: int, kv_width: int, 
     return GeneratorMemory(
         parameters=parameters, weights=parameters * dtype_bytes,
         kv_cache=2 * layers * batch * seq_length * (kv_width // tp) * dtype_bytes,
-        logits=batch * (vocab // tp) * (dtype_bytes + 8), receive=largest_shard_bytes,
+        logits=batch * (vocab // tp) * (dtype_bytes + 8), receive=largest_shard_bytes + parameters,
         reserved=int(reserved_gib * GIB))
 
 

@@ -7,6 +7,8 @@ the newest policy version the staleness bound allows, and send the samples to th
     per step t sync (when steps.generators_receive_before), generate this replica's share
                of step t's prompts, queue the batch for learner rank 0 (non-blocking: the
                replica goes on to step t + 1, or waits for its weights)
+    end        wait until the learner has every batch, and return: the generators take no part
+               in the learners' last evaluation, save and export
 """
 
 from __future__ import annotations
@@ -37,6 +39,11 @@ def exchange_roles(links) -> list[tuple[int, int, int]]:
     return [entry for entry in everyone if entry is not None]
 
 
+def message_widths(cfg, prompt_ids) -> tuple[int, int]:
+    """The widths batches are padded to on the way (transport.py): the task's longest prompt, max_new_tokens."""
+    return max(len(p) for p in prompt_ids), cfg.task.sampling.max_new_tokens
+
+
 def run_generator(cfg, runtime, task) -> None:
     a, r = cfg.algorithm, cfg.rollout
     gen_cfg = role_config(cfg, GENERATOR)
@@ -47,6 +54,7 @@ def run_generator(cfg, runtime, task) -> None:
     engine = Generator(gpt, cfg.model.vocab_size, task.pad_token_id,
                        pack_weights=matmul.packing_available(runtime.device, gpt.config.params_dtype))
     prompt_ids = [task.encode(p) for p in task.prompts]
+    widths = message_widths(cfg, prompt_ids)
     replica = parallel_state.get_data_parallel_rank()
     replicas = parallel_state.get_data_parallel_world_size()
     sends = parallel_state.get_tensor_model_parallel_rank() == 0
@@ -74,6 +82,7 @@ def run_generator(cfg, runtime, task) -> None:
         info = transport.BatchInfo(version, step, time.perf_counter() - began, waited)
         waited = 0.0
         if sends:
-            queued += transport.send(generation, info, LEARNER_ZERO, runtime.links.link, runtime.device)
+            queued = [(work, t) for work, t in queued if not work.is_completed()]  # the learner has those
+            queued += transport.send(generation, info, LEARNER_ZERO, runtime.links.link, runtime.device, widths)
     for work, _ in queued:
         work.wait()

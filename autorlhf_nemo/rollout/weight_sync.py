@@ -190,6 +190,7 @@ class WeightSync:
                             copy_overlap(mark, torch.ones(info.shape, dtype=torch.int8, device=mark.device), info,
                                          tp_rank, tp_size)
                             written[info.name] += mark
+                    buffer = piece = None  # freed before the next buffer is allocated
         if self.receiving and written is not None:
             self.checked = True
             wrong = {name: (int((count == 0).sum()), int((count > 1).sum())) for name, count in written.items()
