@@ -82,18 +82,18 @@ class RLTrainer:
         """This DP rank's contiguous share of a global list (equal shares)."""
         return steps.share(rows, self.dp_rank, self.dp_size)
 
-    def _rollout(self, local: list[int], picks: list[int], timer) -> tuple:
-        """(this DP rank's samples of the step, version of the policy that drew them, generator metrics)."""
-        a = self.cfg.algorithm
-        k = a.samples_per_prompt
+    def _rollout(self, local: list[int], prompts: list, timer) -> tuple:
+        """(this DP rank's samples of the step: of ``prompts``, the step's prompts ``local``; the
+        version of the policy that drew them; generator metrics)."""
+        k = self.cfg.algorithm.samples_per_prompt
+        rows = steps.global_rows(local, k)
         if self.rollouts is None:
-            generation = self.generator.generate([self.prompt_ids[picks[i]] for i in local], self._sampling(
-                self.cfg.train.seed + self.step_count, steps.row_seeds(local, k)), samples_per_prompt=k)
+            generation = self.generator.generate(prompts, self._sampling(self.cfg.train.seed + self.step_count, rows),
+                                                 samples_per_prompt=k)
             timer("generate")
             return generation, self.step_count, {}
         generation, info = self.rollouts.receive(self.step_count)
         timer("wait")
-        rows = [i * k + j for i in local for j in range(k)]
         return generation.select(rows), info.version, {
             "generator/time_generate": info.generate_seconds, "generator/time_wait": info.wait_seconds}
 
@@ -115,7 +115,7 @@ class RLTrainer:
         picks = steps.step_prompts(self.cfg.train.seed, self.step_count, len(self.prompt_ids), a.prompts_per_step)
         local = self._local(list(range(a.prompts_per_step)))
         prompts = [self.prompt_ids[picks[i]] for i in local]
-        generation, version, generator_metrics = self._rollout(local, picks, timer)
+        generation, version, generator_metrics = self._rollout(local, prompts, timer)
         _, _, scores = self._score([p for p in prompts for _ in range(k)], generation)
         scores = penalize_missing_eos(score_tensor(scores, generation.response_mask), generation,
                                       a.missing_eos_penalty, a.penalty_mode)

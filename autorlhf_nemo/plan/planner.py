@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from autorlhf_nemo.config.schema import ILQLConfig, RootConfig, typed_config
 from autorlhf_nemo.config.validate import ConfigError, learner_rows_per_prompt, validate_config
 from autorlhf_nemo.models.gpt import padded_vocab_size
+from autorlhf_nemo.parallel.placement import Placement
 from autorlhf_nemo.plan.memory import (DTYPE_BYTES, GIB, GeneratorMemory, Shapes, StageMemory, generator_memory,
                                        stage_memory)
 from autorlhf_nemo.plan.meta_world import fake_rank, stage_rank
@@ -143,8 +144,8 @@ def plan_layout(cfg) -> Plan:
     validate_config(cfg, world_size=world)
     cfg = typed
     m, p, t, a, c, r = cfg.model, cfg.parallel, cfg.train, cfg.algorithm, cfg.cluster, cfg.rollout
-    split = r.placement == "split"
-    learners = world - (r.generator_ranks if split else 0)
+    placement = Placement.from_config(r, world)
+    split, learners = placement.split, len(placement.learner_ranks)
     tp, pp, cp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size, p.context_parallel_size
     dp = learners // (tp * pp * cp)
 
@@ -197,13 +198,13 @@ def plan_layout(cfg) -> Plan:
         generator = generator_memory(
             sharded=sum(n.trunk_sharded for n in counts) * tp, replicated=sum(n.trunk - n.trunk_sharded for n in counts),
             layers=m.num_layers, kv_width=shapes.kv_width, vocab=vocab, seq_length=t.seq_length,
-            batch=a.prompts_per_step * a.samples_per_prompt // (r.generator_ranks // g), tp=g, dtype_bytes=gen_bytes,
+            batch=a.prompts_per_step * a.samples_per_prompt // placement.generator_replicas, tp=g, dtype_bytes=gen_bytes,
             largest_shard_bytes=max(n.trunk for n in counts) * shapes.dtype_bytes, reserved_gib=c.reserved_memory_gib)
     return Plan(model=m.name, world_size=world, tp=tp, pp=pp, cp=cp, dp=dp,
                 sequence_parallel=p.sequence_parallel, distributed_optimizer=p.use_distributed_optimizer,
                 recompute=t.recompute, algorithm=a.name if a else None, counts=counts, memory=memory,
                 gpu_memory=int(c.gpu_memory_gib * GIB), ilql_heads=ilql,
-                generator_ranks=r.generator_ranks if split else 0, generator_tp=r.generator_tensor_parallel_size,
+                generator_ranks=placement.num_generators, generator_tp=r.generator_tensor_parallel_size,
                 generator=generator)
 
 

@@ -55,28 +55,28 @@ def run_generator(cfg, runtime, task) -> None:
                        pack_weights=matmul.packing_available(runtime.device, gpt.config.params_dtype))
     prompt_ids = [task.encode(p) for p in task.prompts]
     widths = message_widths(cfg, prompt_ids)
-    replica = parallel_state.get_data_parallel_rank()
-    replicas = parallel_state.get_data_parallel_world_size()
+    mine = steps.share(list(range(a.prompts_per_step)), parallel_state.get_data_parallel_rank(),
+                       parallel_state.get_data_parallel_world_size())  # this replica's prompts of every step
+    rows = steps.global_rows(mine, a.samples_per_prompt)
     sends = parallel_state.get_tensor_model_parallel_rank() == 0
+
+    def take_weights() -> float:
+        """Receive the learner's next weights; the seconds waited for them, receipt included."""
+        began = time.perf_counter()
+        sync.sync()
+        engine.weights_changed()
+        return time.perf_counter() - began
 
     start = [None]
     dist.broadcast_object_list(start, src=LEARNER_ZERO, group=runtime.links.link)
     start = start[0]
-    began = time.perf_counter()
-    sync.sync()
-    engine.weights_changed()
-    version, waited, queued = start, time.perf_counter() - began, []
+    version, waited, queued = start, take_weights(), []
     for step in range(start, cfg.train.total_steps):
         if steps.generators_receive_before(step, start, r.max_staleness):
-            began = time.perf_counter()
-            sync.sync()
-            engine.weights_changed()
-            version, waited = step - r.max_staleness, time.perf_counter() - began
+            version, waited = step - r.max_staleness, take_weights()
         began = time.perf_counter()
         picks = steps.step_prompts(cfg.train.seed, step, len(prompt_ids), a.prompts_per_step)
-        mine = steps.share(list(range(a.prompts_per_step)), replica, replicas)
-        params = steps.sampling_params(cfg, task.eos_token_ids, cfg.train.seed + step,
-                                       steps.row_seeds(mine, a.samples_per_prompt))
+        params = steps.sampling_params(cfg, task.eos_token_ids, cfg.train.seed + step, rows)
         generation = engine.generate([prompt_ids[picks[i]] for i in mine], params,
                                      samples_per_prompt=a.samples_per_prompt)
         info = transport.BatchInfo(version, step, time.perf_counter() - began, waited)

@@ -36,7 +36,7 @@ class RemoteRollouts:
         self.sources = sorted((replica, rank) for rank, replica, tp_rank in exchange_roles(self.links)
                               if tp_rank == 0) if self.first else []
         a = cfg.algorithm
-        self.rows = a.prompts_per_step * a.samples_per_prompt // max(len(self.sources), 1)
+        self.rows = a.prompts_per_step * a.samples_per_prompt // runtime.placement.generator_replicas  # per replica
         self.pending, self.next_post = {}, 0  # learner rank 0: step -> posted receives, one per replica
 
     def _post_until(self, step: int) -> None:

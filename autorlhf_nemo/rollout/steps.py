@@ -4,8 +4,8 @@ generators draw the same prompts with the same seeds for step t.
     prompts      algorithm.prompts_per_step indices into the task's prompts, drawn from a
                  stream seeded by (train.seed, t) alone: a generator that runs ahead of the
                  learner, or a resumed run, draws them without the learner's RNG state
-    row seeds    prompt i's sample j (global indices) decodes with seed i * k + j, so a
-                 sample does not depend on which rank or replica draws it
+    rows         prompt i's sample j (global indices) is row i * k + j of the step, and decodes
+                 with that row's seed, so a sample does not depend on which rank or replica draws it
     shares       a rank (DP rank, or generator replica) takes a contiguous equal share
 
 Staleness schedule of a split run that starts (or resumes) at step s with max_staleness S
@@ -37,8 +37,9 @@ def share(items: list, index: int, parts: int) -> list:
     return items[index * per_part:(index + 1) * per_part]
 
 
-def row_seeds(prompt_indices: list[int], samples_per_prompt: int) -> list[int]:
-    """The decode seed of each row: global prompt index i, sample j -> i * k + j."""
+def global_rows(prompt_indices: list[int], samples_per_prompt: int) -> list[int]:
+    """The step's row of each sample of these prompts (global prompt index i, sample j -> i * k + j),
+    which is also its decode seed."""
     return [i * samples_per_prompt + j for i in prompt_indices for j in range(samples_per_prompt)]
 
 
