@@ -36,7 +36,9 @@ def cli_command(nproc: int, overrides: list[str]) -> list[str]:
 def cli_env(virtual_gpu: bool = False) -> dict:
     """The environment of a test job; ``virtual_gpu``: under the device-discipline check
     (tensors that would live on a GPU are tracked, and mixing them with host tensors raises)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", TORCH_CPP_LOG_LEVEL="ERROR")
+    # one thread per process by default; AUTORLHF_TEST_JOB_THREADS=2 checks a figure's margin at 2
+    threads = os.environ.get("AUTORLHF_TEST_JOB_THREADS", "1")
+    env = dict(os.environ, OMP_NUM_THREADS=threads, PYTHONWARNINGS="ignore", TORCH_CPP_LOG_LEVEL="ERROR")
     if virtual_gpu:
         env["AUTORLHF_VIRTUAL_GPU"] = "1"
     return env

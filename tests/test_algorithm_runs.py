@@ -118,9 +118,10 @@ def test_online_dpo_drops_tied_pairs_and_reports_preferences(runs):
 def test_online_dpo_learns_trlx_randomwalks_and_resumes(tmp_path):
     """`python -m autorlhf_nemo algorithm=online_dpo task=randomwalks` on trlX's graph (seed 1000):
     15 steps, then a second launch resumes from the step-15 checkpoint and trains to step 30. The
-    pretrained walker's greedy optimality (~0.47 here with 1 thread; 0.35 from bench/randomwalks.py
-    with 2: the thread count changes fp32 rounding during pretraining) rises to >= 0.9; every update's staleness is
-    logged (4 minibatches: 0..3; a minibatch whose pairs all tie makes no update and is counted)."""
+    job pretrains its own walker, whose greedy optimality depends on the CPU's fp32 rounding
+    (measured: 0.35 with AVX-512 kernels at 1 and 2 threads, 0.47 / 0.41 with AVX2 at 1 / 2); the
+    run's gain over it is what is asserted (measured: to 0.98-1.0 everywhere). Every update's staleness is logged (4
+    minibatches: 0..3; a minibatch whose pairs all tie makes no update and is counted)."""
     import json
 
     from helpers import cli
@@ -132,7 +133,7 @@ def test_online_dpo_learns_trlx_randomwalks_and_resumes(tmp_path):
     proc = cli(1, [*common, "train.total_steps=30"])
     assert "resumed from step 15" in proc.stdout + proc.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["before"]["reward"] < 0.6 and summary["after"]["reward"] >= 0.9
+    assert summary["after"]["reward"] >= summary["before"]["reward"] + 0.3   # measured +0.53 to +0.65
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(31))
     assert rows[1]["rollout/kl"] == 0.0 and 0 < rows[1]["rollout/tie_fraction"] < 1

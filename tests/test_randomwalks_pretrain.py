@@ -12,11 +12,25 @@ import warnings
 
 import pytest
 import torch
-from helpers import cli_command, cli_env
+from helpers import cli_command, cli_env, torchrun
 
 
-def test_pretrained_walker_imitates_the_walks(pretrained_walker):
-    r = torch.load(pretrained_walker / "result.pt")
+@pytest.fixture(scope="module")
+def pretraining(tmp_path_factory):
+    """300 pretraining steps at TP1 from scratch, as the shipped walker (tests/fixtures) was made:
+    the figures of the walker's own sampled and greedy walks."""
+    out = tmp_path_factory.mktemp("walker") / "result.pt"
+    torchrun("randomwalks_pretrain_checks.py", 1, ["--out", str(out), "--steps", "300", "train.lr=3e-3",
+                                                   "train.micro_batch_size=100", "train.global_batch_size=100"])
+    return torch.load(out)
+
+
+def test_pretrained_walker_imitates_the_walks(pretraining):
+    """Bands wide enough for any x86-64 CPU: the loss, validity and optimality figures moved by at
+    most 0.03 between AVX-512 and AVX2 kernels (measured: last loss 0.283 / 0.315, valid 0.935 /
+    0.955, sampled optimality 0.748 / 0.749); the greedy walker moved more (0.844 / 0.769), which is
+    why the RL tests start from the shipped walker instead."""
+    r = pretraining
     assert r["losses"][0] > 2.5 and r["losses"][-1] < 0.5          # log(22) = 3.09 at the start
     assert r["sampled_valid"] >= 0.85                                # walks along real edges to the goal
     assert 0.6 <= r["sampled_optimality"] <= 0.9                     # like the data's 0.79
