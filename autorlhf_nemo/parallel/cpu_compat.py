@@ -14,7 +14,7 @@ Megatron-core assumes a GPU in a handful of places (measured on 0.16.x):
 * streams and events (measured on 0.19.x): DDP's ``start_grad_sync`` asks
   ``torch.cuda.current_stream()`` to wait on CUDA-graph events, partial
   distributed optimizers make a ``torch.cuda.Stream`` and enter
-  ``torch.cuda.stream(...)``, and timers record ``torch.cuda.Event``\ s.
+  ``torch.cuda.stream(...)``, and timers record ``torch.cuda.Event`` objects.
 
 Two kinds of torch run here, and they fail differently: a CPU build answers
 CUDA calls with ``AssertionError: Torch not compiled with CUDA``; PyPI's CUDA
