@@ -74,3 +74,14 @@ def check_supported() -> None:
     problems = unsupported()
     if problems:
         raise UnsupportedVersionError("; ".join(problems))
+
+
+# --------------------------------------------------------------------------- transformers 4.57 / 5.x
+def chat_prompt_ids(tokenizer, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+    """Token ids of ``messages`` in the tokenizer's chat template.
+
+    ``apply_chat_template(..., tokenize=True)`` returns a list of ids in transformers 4.57
+    and a ``BatchEncoding`` (``return_dict=True`` became the default) in 5.x; asking for
+    ``return_dict=False`` gives the list on both."""
+    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
+                                              tokenize=True, return_dict=False))
