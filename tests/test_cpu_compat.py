@@ -119,6 +119,15 @@ def test_megatron_ddp_grad_sync_runs_under_the_layer(tmp_path):
     assert "grad sync ok" in proc.stdout
 
 
+def test_cuda_stays_unavailable_under_the_layer(layer, monkeypatch):
+    """Lightning (imported by NeMo) sets PYTORCH_NVML_BASED_CUDA_CHECK=1, after which a CUDA
+    build's is_available() counts devices with the layer's device_count(): it said True."""
+    monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    assert not torch.cuda.is_available()
+    assert not torch.accelerator.is_available()
+    assert torch.compile(lambda x: x * 2, backend="eager")(torch.ones(2, device="cuda")).tolist() == [2.0, 2.0]
+
+
 def test_disable_restores_torch():
     original = torch.cuda.current_device
     original_stream, original_event = torch.cuda.current_stream, torch.cuda.Event

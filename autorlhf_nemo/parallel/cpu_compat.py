@@ -127,6 +127,11 @@ class _HostDevice(contextlib.nullcontext):
 
 # torch.cuda functions replaced while the layer is active: name -> CPU version.
 _CUDA_FUNCS_ON_CPU = {
+    # CUDA stays unavailable however it is asked. On a CUDA build torch.cuda.is_available()
+    # counts devices with the device_count() below (1) once PYTORCH_NVML_BASED_CUDA_CHECK=1,
+    # which importing lightning (NeMo) sets: it said True, Megatron's fused SwiGLU went to
+    # torch.compile and dynamo to the driver (torch.accelerator asks is_available too).
+    "is_available": lambda: False,
     "current_device": lambda: 0,
     "device_count": lambda: 1,
     "set_device": lambda device: None,
