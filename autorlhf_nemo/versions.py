@@ -45,7 +45,7 @@ def installed_version(distribution: str) -> str | None:
 
 
 def _release_line(version: str) -> str:
-    """"0.19.2" -> "0.19"; "3.0.0rc1" -> "3.0"."""
+    """Major.minor of a version: 0.19.2 -> 0.19; 3.0.0rc1 -> 3.0."""
     return ".".join(version.split("+")[0].split(".")[:2])
 
 

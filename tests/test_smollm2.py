@@ -54,3 +54,18 @@ def test_smollm2_matches_transformers_at_tp1(tmp_path):
             assert full.startswith(text)
         else:
             assert text == full
+
+
+def test_task_codec_templates_prompts_as_token_ids():
+    """The tasks' codec (task.chat_template=true) hands the sampler a list of ids on both
+    transformers 4.57 and 5 (where apply_chat_template returns a BatchEncoding by default)."""
+    from transformers import AutoTokenizer
+
+    from autorlhf_nemo.convert.smollm2 import ensure_checkpoint
+    from autorlhf_nemo.tasks import TokenizerCodec
+
+    tokenizer = AutoTokenizer.from_pretrained(ensure_checkpoint())
+    ids = TokenizerCodec(tokenizer, chat_template=True).encode("Hi")
+    assert isinstance(ids, list) and all(isinstance(i, int) for i in ids)
+    assert tokenizer.decode(ids).endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+    assert TokenizerCodec(tokenizer, chat_template=False).encode("Hi") == tokenizer.encode("Hi", add_special_tokens=False)
