@@ -6,10 +6,20 @@ from setuptools import find_packages, setup
 # clusters the NVIDIA container's own torch satisfies this range.
 INSTALL_REQUIRES = [
     "torch>=2.5,<2.15",
-    "megatron-core>=0.16,<0.17",
+    # Two tested stacks, chosen by the Python version (autorlhf_nemo/versions.py holds the
+    # code that differs between them and refuses other releases at start-up):
+    #   Python 3.11: megatron-core 0.16.x, nemo-toolkit 2.7.x, transformers 4.57.x
+    #                (0.16.1 is the newest megatron-core for 3.11; NeMo 2.7 pins transformers ~=4.57)
+    #   Python 3.12: megatron-core 0.19.x, nemo-toolkit 3.0.x, transformers 5.x
+    # Releases in between (megatron-core 0.17/0.18) are untested and not admitted. Markers rather
+    # than one wide range: on 3.11 a wide range would let pip pair nemo-toolkit 3.0 with
+    # transformers 5, an untested mix.
+    "megatron-core>=0.16.1,<0.17; python_version < '3.12'",
+    "megatron-core>=0.19,<0.20; python_version >= '3.12'",
     "hydra-core>=1.3,<1.4",
     "omegaconf>=2.3,<2.4",
-    "transformers>=4.45,<6",
+    "transformers>=4.57,<4.58; python_version < '3.12'",
+    "transformers>=5,<6; python_version >= '3.12'",
     "safetensors>=0.4",
     "gguf>=0.10",
     "accelerate>=0.34",
@@ -21,9 +31,10 @@ INSTALL_REQUIRES = [
     "matplotlib>=3.7",
     # The sentiment task's reward: the VADER lexicon scorer (pure Python, offline).
     "vaderSentiment>=3.3",
-    # The algorithm modules are NeMo ModelPT subclasses; 2.7.x is the last release
-    # with the LLM collection. Imported lazily, never by the low-level modules.
-    "nemo-toolkit[core]>=2.7,<2.8",
+    # The algorithm modules are NeMo ModelPT subclasses (only nemo.core is used; 3.0 dropped
+    # the LLM collection but keeps ModelPT). Imported lazily, never by the low-level modules.
+    "nemo-toolkit[core]>=2.7,<2.8; python_version < '3.12'",
+    "nemo-toolkit[core]>=3.0,<3.1; python_version >= '3.12'",
     # Slurm sweeps from Hydra (hydra/launcher=slurm) and the submitit job environment.
     "hydra-submitit-launcher>=1.2,<1.3",
 ]

@@ -11,7 +11,9 @@ def silence_expected_noise() -> None:
     """Hide the start-up messages every CPU run printed to every user, and nothing else:
     megatron-core's notices that the optional GPU libraries (Transformer Engine, apex) are
     absent, its deprecation warning tripped by its own default ``cuda_graph_scope``, and the
-    telemetry logger NeMo brings (nv_one_logger) saying it has no exporters. Runs on import
+    telemetry logger NeMo brings (nv_one_logger) saying it has no exporters, and megatron-core
+    0.19's notice, logged by every GPTModel built, that GPTModel takes bug fixes only (its
+    successor, HybridModel, is not in 0.16; the notice is dropped by its text). Runs on import
     of this package, so in every process before megatron or NeMo is imported."""
     import logging
     import warnings
@@ -21,6 +23,8 @@ def silence_expected_noise() -> None:
     warnings.filterwarnings("ignore", message="full scope is deprecated", category=UserWarning,
                             module=r"megatron\.core\.transformer\.transformer_config")
     logging.getLogger("nv_one_logger").setLevel(logging.ERROR)
+    logging.getLogger("megatron.core.models.gpt.gpt_model").addFilter(
+        lambda record: "GPTModel IS DEPRECATED" not in record.getMessage())
 
 
 silence_expected_noise()

@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 from autorlhf_nemo.config.compose import conf_dir
 from autorlhf_nemo.config.validate import ConfigError, foreign_option_problems, validate_config
 from autorlhf_nemo.config.schema import register_configs
+from autorlhf_nemo.versions import UnsupportedVersionError, check_supported
 
 register_configs()
 
@@ -31,7 +32,13 @@ def hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     """The CLI. An option of another algorithm (``algorithm=grpo algorithm.vf_coef=...``) is
-    named as such here; Hydra alone would call it an unknown key and suggest adding it."""
+    named as such here; Hydra alone would call it an unknown key and suggest adding it.
+    An untested megatron-core / nemo-toolkit is refused first, before any work."""
+    try:
+        check_supported()
+    except UnsupportedVersionError as error:
+        print(f"autorlhf_nemo: {error}", file=sys.stderr)
+        sys.exit(2)
     problems = foreign_option_problems(sys.argv[1:])
     if problems:
         print(f"autorlhf_nemo: {ConfigError(problems)}", file=sys.stderr)

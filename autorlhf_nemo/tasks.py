@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 
 from autorlhf_nemo.config.schema import RootConfig
 from autorlhf_nemo.config.validate import ConfigError
+from autorlhf_nemo.versions import chat_prompt_ids
 
 
 @dataclass
@@ -53,8 +54,7 @@ class TokenizerCodec:
 
     def encode(self, text: str) -> list[int]:
         if self.chat_template:
-            return self.tokenizer.apply_chat_template([{"role": "user", "content": text}],
-                                                      add_generation_prompt=True, tokenize=True)
+            return chat_prompt_ids(self.tokenizer, [{"role": "user", "content": text}])
         return self.tokenizer.encode(text, add_special_tokens=False)
 
     def decode(self, ids: Sequence[int]) -> str:

@@ -118,13 +118,13 @@ def main():
     from autorlhf_nemo.convert.hf_llama import load_hf_checkpoint
     from autorlhf_nemo.generation import Generator, SamplingParams, matmul
     from autorlhf_nemo.generation.engine import left_pad
+    from autorlhf_nemo.versions import chat_prompt_ids
     from autorlhf_nemo.models.gpt import build_model
     from autorlhf_nemo.parallel.runtime import initialize, native_torch, shutdown
 
     path = resolve_hf_checkpoint("smollm2-135m-instruct")
     tokenizer = AutoTokenizer.from_pretrained(path)
-    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True)
-               for p in PROMPTS]
+    prompts = [chat_prompt_ids(tokenizer, [{"role": "user", "content": p}]) for p in PROMPTS]
     ids, mask = left_pad(prompts, tokenizer.pad_token_id)
     tokens = {new: len(prompts) * new for new in args.new_tokens}
 

@@ -1,6 +1,7 @@
 """The CPU compatibility layer (autorlhf_nemo.parallel.cpu_compat)."""
 
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -67,13 +68,75 @@ def test_megatron_rng_tracker_forks_a_separate_reproducible_stream(layer):
     assert not torch.equal(forked, other_tp_rank)
 
 
+def test_streams_events_and_device_calls_answer_on_the_host(layer):
+    """What a CUDA build without a driver refuses ("Found no NVIDIA driver") and a CPU build
+    answers "not compiled": megatron-core 0.19's DDP waits on the current stream, partial
+    distributed optimizers make their own stream, timers record events."""
+    stream = torch.cuda.Stream(device=torch.cuda.current_device())
+    torch.cuda.current_stream().wait_stream(stream)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    with torch.cuda.stream(stream):
+        total = torch.ones(3, device="cuda").sum()
+    stream.record_event(end)
+    torch.cuda.current_stream().wait_event(end)
+    end.synchronize()
+    assert total.item() == 3.0 and end.query() and start.elapsed_time(end) >= 0.0
+    torch.cuda.set_device(0)
+    with torch.cuda.device(0):
+        assert torch.cuda.default_stream() is torch.cuda.current_stream()
+    assert not torch.cuda.is_current_stream_capturing()
+
+
+_DDP_STEP = """
+import sys, torch, torch.distributed as dist
+from autorlhf_nemo.parallel import cpu_compat
+cpu_compat.enable()
+dist.init_process_group("gloo", init_method="file://" + sys.argv[1], rank=0, world_size=1)
+from megatron.core import parallel_state
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+from megatron.core.transformer import TransformerConfig
+parallel_state.initialize_model_parallel()
+config = TransformerConfig(num_layers=1, hidden_size=8, num_attention_heads=1, use_cpu_initialization=True)
+for overlap in (False, True):
+    module = torch.nn.Linear(8, 8, bias=False)
+    ddp = DistributedDataParallel(config, DistributedDataParallelConfig(overlap_grad_reduce=overlap), module)
+    ddp.zero_grad_buffer()
+    ddp(torch.ones(2, 8)).sum().backward()
+    ddp.finish_grad_sync()
+    assert torch.equal(module.weight.main_grad, torch.full((8, 8), 2.0)), module.weight.main_grad
+print("grad sync ok")
+"""
+
+
+def test_megatron_ddp_grad_sync_runs_under_the_layer(tmp_path):
+    """A real Megatron DDP backward and gradient sync on gloo (a fresh process: it starts a
+    process group). On PyPI's CUDA build without a GPU, megatron-core 0.19's start_grad_sync
+    called torch.cuda.current_stream() and died with "Found no NVIDIA driver"."""
+    proc = subprocess.run([sys.executable, "-c", _DDP_STEP, str(tmp_path / "store")], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "grad sync ok" in proc.stdout
+
+
+def test_cuda_stays_unavailable_under_the_layer(layer, monkeypatch):
+    """Lightning (imported by NeMo) sets PYTORCH_NVML_BASED_CUDA_CHECK=1, after which a CUDA
+    build's is_available() counts devices with the layer's device_count(): it said True."""
+    monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    assert not torch.cuda.is_available()
+    assert not torch.accelerator.is_available()
+    assert torch.compile(lambda x: x * 2, backend="eager")(torch.ones(2, device="cuda")).tolist() == [2.0, 2.0]
+
+
 def test_disable_restores_torch():
     original = torch.cuda.current_device
+    original_stream, original_event = torch.cuda.current_stream, torch.cuda.Event
     cpu_compat.enable()
     assert cpu_compat.is_enabled()
     cpu_compat.disable()
     assert not cpu_compat.is_enabled()
     assert torch.cuda.current_device is original
+    assert torch.cuda.current_stream is original_stream and torch.cuda.Event is original_event
     with pytest.raises((RuntimeError, AssertionError)):
         torch.empty(1, device="cuda")
 

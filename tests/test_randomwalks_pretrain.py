@@ -56,6 +56,7 @@ SILENCED = [
     "No exporters were provided",
     "Final configuration contains 0 exporter(s)",
     "OneLogger: Setting error_handling_strategy",
+    "GPTModel IS DEPRECATED",  # megatron-core 0.19
 ]
 
 

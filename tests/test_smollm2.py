@@ -9,6 +9,7 @@ def test_cached_tokenizer_matches_smollm2_conventions():
     from transformers import AutoTokenizer
 
     from autorlhf_nemo.convert.smollm2 import ensure_checkpoint
+    from autorlhf_nemo.versions import chat_prompt_ids
 
     tokenizer = AutoTokenizer.from_pretrained(ensure_checkpoint())
     assert (tokenizer.eos_token, tokenizer.eos_token_id, tokenizer.pad_token_id) == ("<|im_end|>", 2, 2)
@@ -16,7 +17,8 @@ def test_cached_tokenizer_matches_smollm2_conventions():
         ids = tokenizer(text).input_ids
         assert ids[0] != tokenizer.bos_token_id  # no BOS added to plain text
         assert tokenizer.decode(ids) == text
-    chat = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True)
+    chat = chat_prompt_ids(tokenizer, [{"role": "user", "content": "Hi"}])
+    assert isinstance(chat, list) and all(isinstance(i, int) for i in chat)
     assert tokenizer.decode(chat).endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
 
 
@@ -52,3 +54,18 @@ def test_smollm2_matches_transformers_at_tp1(tmp_path):
             assert full.startswith(text)
         else:
             assert text == full
+
+
+def test_task_codec_templates_prompts_as_token_ids():
+    """The tasks' codec (task.chat_template=true) hands the sampler a list of ids on both
+    transformers 4.57 and 5 (where apply_chat_template returns a BatchEncoding by default)."""
+    from transformers import AutoTokenizer
+
+    from autorlhf_nemo.convert.smollm2 import ensure_checkpoint
+    from autorlhf_nemo.tasks import TokenizerCodec
+
+    tokenizer = AutoTokenizer.from_pretrained(ensure_checkpoint())
+    ids = TokenizerCodec(tokenizer, chat_template=True).encode("Hi")
+    assert isinstance(ids, list) and all(isinstance(i, int) for i in ids)
+    assert tokenizer.decode(ids).endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+    assert TokenizerCodec(tokenizer, chat_template=False).encode("Hi") == tokenizer.encode("Hi", add_special_tokens=False)

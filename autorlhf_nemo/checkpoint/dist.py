@@ -117,8 +117,8 @@ class InProcessSaveStrategy(TorchDistSaveShardedStrategy):
         self.wrote_shards = False
 
     def save(self, sharded_state_dict, checkpoint_dir) -> None:
-        # Before this, Megatron's save ran two steps on rank 0 only (checking the sharding,
-        # writing common.pt): a rank 0 that failed there meets the others here.
+        # Before this, Megatron's save ran steps on rank 0 only (checking the sharding; in
+        # megatron-core 0.16 also writing common.pt): a rank 0 that failed there meets the others here.
         raise_if_any_rank_failed(None, checkpoint_dir)
         state, _, _ = _replace_state_dict_keys_with_sharded_keys(sharded_state_dict, self.keep_only_main_replica)
         dcp.save(mcore_to_pyt_state_dict(state, False),

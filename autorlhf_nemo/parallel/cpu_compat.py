@@ -10,7 +10,18 @@ Megatron-core assumes a GPU in a handful of places (measured on 0.16.x):
 * custom autograd Functions allocate on the CUDA device in ``backward``, where
   the autograd engine runs without Python's mode stack;
 * ``isinstance``-free type checks such as ``param.type() == "torch.cuda.FloatTensor"``
-  in gradient clipping and the distributed optimizer.
+  in gradient clipping and the distributed optimizer;
+* streams and events (measured on 0.19.x): DDP's ``start_grad_sync`` asks
+  ``torch.cuda.current_stream()`` to wait on CUDA-graph events, partial
+  distributed optimizers make a ``torch.cuda.Stream`` and enter
+  ``torch.cuda.stream(...)``, and timers record ``torch.cuda.Event`` objects.
+
+Two kinds of torch run here, and they fail differently: a CPU build answers
+CUDA calls with ``AssertionError: Torch not compiled with CUDA``; PyPI's CUDA
+build on a machine without a GPU driver constructs ``torch.cuda.Event()`` but
+raises ``RuntimeError: Found no NVIDIA driver`` from ``current_stream``,
+``Stream()``, ``Event.record``, ``current_device``, ``set_device``, ... The layer
+replaces those calls with host versions on both builds, so both behave alike.
 
 :func:`enable` installs a :class:`CudaToCpuMode` (a ``TorchFunctionMode``
 that rewrites CUDA devices to CPU and answers ``Tensor.type()`` with the CUDA
@@ -37,6 +48,7 @@ import contextlib
 import functools
 import inspect
 import itertools
+import time
 
 import torch
 import torch.distributed as dist
@@ -46,10 +58,91 @@ _CPU = torch.device("cpu")
 _ACTIVE_MODE: "CudaToCpuMode | None" = None
 _SAVED: dict[tuple[object, str], object] = {}
 
+class _HostEvent:
+    """``torch.cuda.Event`` on the host. Host work is finished when the call returns, so an
+    event is complete once recorded: waiting and synchronizing return at once, and
+    ``elapsed_time`` (milliseconds, as CUDA's) is the wall time between two records."""
+
+    def __init__(self, enable_timing: bool = False, blocking: bool = False, interprocess: bool = False,
+                 external: bool = False):
+        self._recorded_at: float | None = None
+
+    def record(self, stream=None) -> None:
+        self._recorded_at = time.perf_counter()
+
+    def wait(self, stream=None) -> None:
+        pass
+
+    def query(self) -> bool:
+        return True
+
+    def synchronize(self) -> None:
+        pass
+
+    def elapsed_time(self, end_event: "_HostEvent") -> float:
+        if self._recorded_at is None or end_event._recorded_at is None:
+            raise RuntimeError("elapsed_time needs both events recorded")
+        return (end_event._recorded_at - self._recorded_at) * 1000.0
+
+
+class _HostStream:
+    """``torch.cuda.Stream`` on the host: one in-order queue that has always drained, so
+    waits are no-ops and an event recorded on it is complete."""
+
+    def __init__(self, device=None, priority: int = 0, **kwargs):
+        self.device = _CPU
+        self.priority = priority
+
+    @staticmethod
+    def priority_range() -> tuple[int, int]:
+        return 0, 0
+
+    def wait_event(self, event) -> None:
+        pass
+
+    def wait_stream(self, stream) -> None:
+        pass
+
+    def record_event(self, event=None) -> _HostEvent:
+        event = event if event is not None else _HostEvent()
+        event.record(self)
+        return event
+
+    def query(self) -> bool:
+        return True
+
+    def synchronize(self) -> None:
+        pass
+
+
+_HOST_STREAM = _HostStream()
+
+
+class _HostDevice(contextlib.nullcontext):
+    """``with torch.cuda.device(i):`` -- there is one device, the host."""
+
+    def __init__(self, device=None):
+        super().__init__()
+
+
 # torch.cuda functions replaced while the layer is active: name -> CPU version.
 _CUDA_FUNCS_ON_CPU = {
+    # CUDA stays unavailable however it is asked. On a CUDA build torch.cuda.is_available()
+    # counts devices with the device_count() below (1) once PYTORCH_NVML_BASED_CUDA_CHECK=1,
+    # which importing lightning (NeMo) sets: it said True, Megatron's fused SwiGLU went to
+    # torch.compile and dynamo to the driver (torch.accelerator asks is_available too).
+    "is_available": lambda: False,
     "current_device": lambda: 0,
     "device_count": lambda: 1,
+    "set_device": lambda device: None,
+    "device": _HostDevice,
+    "Stream": _HostStream,
+    "Event": _HostEvent,
+    "current_stream": lambda device=None: _HOST_STREAM,
+    "default_stream": lambda device=None: _HOST_STREAM,
+    "set_stream": lambda stream: None,
+    "stream": lambda stream: contextlib.nullcontext(stream),
+    "is_current_stream_capturing": lambda: False,
     "synchronize": lambda device=None: None,
     "get_rng_state": lambda device="cuda": torch.get_rng_state(),
     "set_rng_state": lambda new_state, device="cuda": torch.set_rng_state(new_state),

@@ -28,6 +28,7 @@ from autorlhf_nemo.config.schema import RootConfig
 from autorlhf_nemo.config.validate import validate_config
 from autorlhf_nemo.parallel import cpu_compat
 from autorlhf_nemo.parallel.placement import LEARNER, Placement, RolloutLinks, initialize_parallel_state
+from autorlhf_nemo.versions import check_supported
 
 VIRTUAL_GPU_ENV = "AUTORLHF_VIRTUAL_GPU"
 
@@ -110,8 +111,10 @@ def initialize(cfg: RootConfig) -> Runtime:
     """Validate ``cfg``, start the process group and Megatron's parallel state, seed RNGs.
 
     The layout is checked before any process group exists, so a bad config
-    fails in every rank at once with the same message.
+    fails in every rank at once with the same message; so does an untested
+    megatron-core or nemo-toolkit (``versions.check_supported``).
     """
+    check_supported()
     _set_launch_env_defaults()
     world_size = int(os.environ["WORLD_SIZE"])
     validate_config(cfg, world_size=world_size)

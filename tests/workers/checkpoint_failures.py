@@ -6,7 +6,8 @@ disk on its node) is lowered gets OSError EFBIG from the kernel when it writes;
 a directory where Megatron writes metadata.json makes that write fail.
   step 1   saved
   step 2   rank 1 cannot write more than 1 KB: its shard files fail (inside torch's save)
-  step 3   rank 0 cannot write at all: common.pt fails (a step Megatron runs on rank 0 only)
+  step 3   rank 0 cannot write at all: common.pt fails (megatron-core 0.16: a step Megatron runs on
+           rank 0 only; 0.19 writes common data through DCP, so there its first shard write fails)
   then     the newest complete checkpoint is step 1 and loads the step-1 weights
   save_model into a directory holding a metadata.json directory (rank 0's last step)
   step 4   saved: every rank is still in step

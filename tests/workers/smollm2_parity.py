@@ -18,6 +18,7 @@ from autorlhf_nemo.generation.engine import left_pad
 from autorlhf_nemo.models.gpt import build_model
 from autorlhf_nemo.parallel.runtime import initialize, shutdown
 from autorlhf_nemo.models.gpt import attention_mask
+from autorlhf_nemo.versions import chat_prompt_ids
 
 PROMPTS = [
     "What is the capital of France?",
@@ -36,7 +37,7 @@ def batched_generation(model, hf, tokenizer, vocab):
     """32 greedy tokens for chat prompts of different lengths in one left-padded batch,
     with the KV-cache engine and with transformers' generate; then a stop string."""
     chats = [[{"role": "user", "content": p}] for p in PROMPTS + ["Hi"]]
-    prompts = [tokenizer.apply_chat_template(c, add_generation_prompt=True) for c in chats]
+    prompts = [chat_prompt_ids(tokenizer, c) for c in chats]
     generator = Generator(model, vocab, tokenizer.pad_token_id, tokenizer=tokenizer)
     eos = tokenizer.eos_token_id
     ours = generator.generate(prompts, SamplingParams(max_new_tokens=32, greedy=True, eos_token_ids=[eos]))
@@ -66,7 +67,7 @@ def main():
     path = resolve_hf_checkpoint(m.hf_checkpoint)
     model = build_model(cfg).eval()
     load_hf_checkpoint(model, path, m)
-    hf = LlamaForCausalLM.from_pretrained(path, torch_dtype=torch.float32).eval()
+    hf = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
 
     records = []
