@@ -68,7 +68,7 @@ def parity_worker(out: Path, rehearsal: bool) -> None:
               "float32_matmul_precision": torch.get_float32_matmul_precision()}
     hf_dir = out / "tiny_llama_hf"
     make_tiny_llama(hf_dir, std=0.15, seed=11)  # as tests/test_generation.py: peaky, varied greedy text
-    vocab = cfg32.model["vocab_size"]
+    vocab = cfg32.model.vocab_size
 
     def megatron(cfg):
         model = build_model(cfg).eval()
