@@ -50,7 +50,7 @@ setup(
     name="autorlhf_nemo",
     version="0.1.0",
     description="RLHF (PPO, ILQL, online DPO, RLOO) on NVIDIA Megatron-core",
-    python_requires=">=3.10",
+    python_requires=">=3.11,<3.13",  # the two tested stacks (see INSTALL_REQUIRES)
     packages=find_packages(include=["autorlhf_nemo", "autorlhf_nemo.*"]) + ["autorlhf_nemo.conf",
                                                                               "autorlhf_nemo.launch"],
     # The Hydra config tree (conf/) and the Slurm template (launch/) live at the top level

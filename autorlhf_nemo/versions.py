@@ -11,8 +11,10 @@ fails an hour in on a cluster costs more than a refusal at start-up. So
 :func:`check_supported` runs before any expensive work (the CLI's first line,
 ``runtime.initialize``) and names the installed and the supported versions.
 It reads package metadata only (no imports of megatron or NeMo). Either
-megatron-core or nemo-toolkit release line is accepted on either Python: the
-GPU smoke run pairs megatron-core 0.16.1 with Python 3.12.
+megatron-core or nemo-toolkit release line is accepted on either Python (a
+container may pair its Python with either line, and the version-dependent code
+below keys on the library, not on Python); what is refused is a release line
+that no CI stage tests.
 
 Code that must differ between these versions lives here, never as version checks
 scattered through the package.
@@ -21,6 +23,7 @@ scattered through the package.
 from __future__ import annotations
 
 import importlib.metadata
+import re
 import sys
 
 # distribution -> ((release line, the stack it belongs to), ...)
@@ -45,8 +48,9 @@ def installed_version(distribution: str) -> str | None:
 
 
 def _release_line(version: str) -> str:
-    """Major.minor of a version: 0.19.2 -> 0.19; 3.0.0rc1 -> 3.0."""
-    return ".".join(version.split("+")[0].split(".")[:2])
+    """Major.minor of a version: 0.19.2 -> 0.19; 3.0.0rc1 -> 3.0; 0.19rc1 -> 0.19; 0.19.2+nv -> 0.19."""
+    match = re.match(r"(\d+)\.(\d+)", version)
+    return f"{match.group(1)}.{match.group(2)}" if match else version
 
 
 def _stack_line(distribution: str) -> str:

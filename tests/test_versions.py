@@ -19,7 +19,9 @@ def test_this_environment_is_a_supported_stack():
 
 
 @pytest.mark.parametrize("megatron, nemo", [("0.16.1", "2.7.3"), ("0.19.2", "3.0.0"), ("0.16.1", "3.0.0"),
-                                            ("0.19.0", "2.7.0"), ("0.19.2", None)])
+                                            ("0.19.0", "2.7.0"), ("0.19.2", None),
+                                            # NVIDIA container and pre-release builds
+                                            ("0.19.2+nv25.11", "3.0.0rc1"), ("0.19rc1", "2.7.0a0+nv25.06")])
 def test_tested_release_lines_pass(monkeypatch, megatron, nemo):
     _installed(monkeypatch, megatron_core=megatron, nemo_toolkit=nemo)
     versions.check_supported()

@@ -93,6 +93,12 @@ class _HostStream:
         self.device = _CPU
         self.priority = priority
 
+    def __enter__(self) -> "_HostStream":  # ``with stream:`` as with torch.cuda.Stream
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
     @staticmethod
     def priority_range() -> tuple[int, int]:
         return 0, 0
