@@ -6,9 +6,13 @@ from helpers import torchrun
 
 
 def test_cached_tokenizer_matches_smollm2_conventions():
+    """EOS = pad = 2, no BOS on plain text, the chat template; and the tasks' codec
+    (task.chat_template=true) hands the sampler the same list of ids on transformers 4.57 and 5
+    (where apply_chat_template returns a BatchEncoding by default)."""
     from transformers import AutoTokenizer
 
     from autorlhf_nemo.convert.smollm2 import ensure_checkpoint
+    from autorlhf_nemo.tasks import TokenizerCodec
     from autorlhf_nemo.versions import chat_prompt_ids
 
     tokenizer = AutoTokenizer.from_pretrained(ensure_checkpoint())
@@ -20,6 +24,8 @@ def test_cached_tokenizer_matches_smollm2_conventions():
     chat = chat_prompt_ids(tokenizer, [{"role": "user", "content": "Hi"}])
     assert isinstance(chat, list) and all(isinstance(i, int) for i in chat)
     assert tokenizer.decode(chat).endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+    assert TokenizerCodec(tokenizer, chat_template=True).encode("Hi") == chat
+    assert TokenizerCodec(tokenizer, chat_template=False).encode("Hi") == tokenizer.encode("Hi", add_special_tokens=False)
 
 
 def test_smollm2_matches_transformers_at_tp1(tmp_path):
@@ -55,17 +61,3 @@ def test_smollm2_matches_transformers_at_tp1(tmp_path):
         else:
             assert text == full
 
-
-def test_task_codec_templates_prompts_as_token_ids():
-    """The tasks' codec (task.chat_template=true) hands the sampler a list of ids on both
-    transformers 4.57 and 5 (where apply_chat_template returns a BatchEncoding by default)."""
-    from transformers import AutoTokenizer
-
-    from autorlhf_nemo.convert.smollm2 import ensure_checkpoint
-    from autorlhf_nemo.tasks import TokenizerCodec
-
-    tokenizer = AutoTokenizer.from_pretrained(ensure_checkpoint())
-    ids = TokenizerCodec(tokenizer, chat_template=True).encode("Hi")
-    assert isinstance(ids, list) and all(isinstance(i, int) for i in ids)
-    assert tokenizer.decode(ids).endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
-    assert TokenizerCodec(tokenizer, chat_template=False).encode("Hi") == tokenizer.encode("Hi", add_special_tokens=False)

@@ -124,13 +124,6 @@ class _HostStream:
 _HOST_STREAM = _HostStream()
 
 
-class _HostDevice(contextlib.nullcontext):
-    """``with torch.cuda.device(i):`` -- there is one device, the host."""
-
-    def __init__(self, device=None):
-        super().__init__()
-
-
 # torch.cuda functions replaced while the layer is active: name -> CPU version.
 _CUDA_FUNCS_ON_CPU = {
     # CUDA stays unavailable however it is asked. On a CUDA build torch.cuda.is_available()
@@ -141,7 +134,7 @@ _CUDA_FUNCS_ON_CPU = {
     "current_device": lambda: 0,
     "device_count": lambda: 1,
     "set_device": lambda device: None,
-    "device": _HostDevice,
+    "device": lambda device=None: contextlib.nullcontext(),  # one device: the host
     "Stream": _HostStream,
     "Event": _HostEvent,
     "current_stream": lambda device=None: _HOST_STREAM,
