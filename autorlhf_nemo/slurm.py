@@ -39,11 +39,6 @@ def template_path() -> Path:
     raise FileNotFoundError("launch/slurm.sbatch not found next to or inside the autorlhf_nemo package")
 
 
-def allocated_world_size(cfg: RootConfig) -> int:
-    """One process per GPU of the allocation."""
-    return cfg.cluster.nodes * cfg.cluster.gpus_per_node
-
-
 def job_overrides(overrides: Sequence[str], world_size: int) -> list[str]:
     """The user's overrides, plus the world size so that every rank checks the launch against it."""
     out = list(overrides)
@@ -64,7 +59,7 @@ def render_sbatch(cfg, overrides: Sequence[str]) -> str:
     """The batch script for ``cfg`` (composed from ``overrides``). Raises ConfigError."""
     cfg = typed_config(cfg)
     c, declared = cfg.cluster, cfg.parallel.world_size
-    world_size = allocated_world_size(cfg)
+    world_size = cfg.cluster.world_size()
     problems = []
     if c.nodes < 1 or c.gpus_per_node < 1:
         problems.append(f"cluster.nodes={c.nodes} and cluster.gpus_per_node={c.gpus_per_node} must be >= 1")
@@ -125,7 +120,7 @@ def main(argv=None) -> int:
     try:
         composed = compose_config(args.overrides)
         cfg = typed_config(composed)
-        validate_config(composed, world_size=allocated_world_size(cfg))
+        validate_config(composed, world_size=cfg.cluster.world_size())
         if not args.no_plan:
             from autorlhf_nemo.plan.planner import plan_layout
 

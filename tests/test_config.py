@@ -129,7 +129,7 @@ BAD_CONFIGS = [
     (["algorithm=ppo", "algorithm.target_kl=0"], 1, ["target_kl=0", "null for a fixed KL"]),
     (["algorithm=ppo", "algorithm.scale_reward=std"], 1, ["scale_reward='std'", "'running'"]),
     (["algorithm=ppo", "train.lr_decay_style=step"], 1, ["lr_decay_style='step'", "cosine"]),
-    (["train.recompute=block"], 1, ["train.recompute='block'", "selective or full"]),
+    (["train.recompute=block"], 1, ["train.recompute='block'", "'selective' or 'full'"]),
     (["algorithm=ppo", "task=randomwalks", "parallel=dp2", "algorithm.minibatches=2",
       "task.pretrain_batch_size=97"], 2,
      ["task.pretrain_batch_size=97", "data-parallel size 2", "multiple of 2"]),

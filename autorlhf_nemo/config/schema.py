@@ -3,6 +3,8 @@
 Every default lives here, once.  The YAML files under ``conf/`` only override
 these fields; a key that is not declared here is rejected when the config is
 composed (OmegaConf struct mode) and again by :func:`validate.validate_config`.
+Each field is described by the docstring under it (attribute docstrings, Megatron-core's
+convention); ``python -m autorlhf_nemo.docs`` reads them into docs/reference/config.md.
 """
 
 from __future__ import annotations
@@ -13,37 +15,50 @@ from typing import Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
+from autorlhf_nemo.config.errors import ConfigError
+
 
 @dataclass
 class ModelConfig:
     """A Llama-family decoder (RMSNorm, SwiGLU, RoPE, grouped-query attention)."""
 
     name: str = MISSING
+    """The model's name: run_dir's default and the logs' label (conf/model/<name>.yaml sets it)."""
     num_layers: int = MISSING
+    """Transformer layers."""
     hidden_size: int = MISSING
+    """Width h of the residual stream."""
     ffn_hidden_size: int = MISSING
+    """Inner width of the SwiGLU MLP."""
     num_attention_heads: int = MISSING
-    # Key/value heads (grouped-query attention); equal to num_attention_heads for MHA.
+    """Query heads."""
     num_query_groups: int = MISSING
+    """Key/value heads (grouped-query attention); equal to num_attention_heads for MHA."""
     vocab_size: int = MISSING
-    # Per-head dimension; None means hidden_size // num_attention_heads.
+    """The tokenizer's vocabulary size (before padding)."""
     kv_channels: Optional[int] = None
+    """Per-head dimension; null: hidden_size // num_attention_heads."""
     max_position_embeddings: int = 2048
+    """Longest sequence (prompt + completion) the model is configured for."""
     rotary_base: float = 10000.0
-    # Llama-3.1 style RoPE frequency scaling (factor); None disables it.
+    """RoPE base frequency theta."""
     rope_scaling_factor: Optional[float] = None
+    """Llama-3.1 style RoPE frequency scaling factor; null disables it."""
     norm_epsilon: float = 1e-5
+    """Epsilon of the RMSNorm layers."""
     tie_word_embeddings: bool = False
-    # Biases on the query/key/value projections only (Qwen2); no other linear layer has one.
+    """Share the input embedding with the output layer."""
     add_qkv_bias: bool = False
-    # The embedding table is padded to a multiple of this times the TP size.
+    """Biases on the query/key/value projections only (Qwen2); no other linear layer has one."""
     make_vocab_size_divisible_by: int = 128
-    # float32 | bfloat16 | float16
+    """The embedding table is padded to a multiple of this times the TP size."""
     params_dtype: str = "float32"
+    """Dtype of the weights and activations."""
     init_method_std: float = 0.02
-    # Hugging Face checkpoint directory (safetensors + config.json), the name of a
-    # packaged model ("smollm2-135m-instruct"), or None for random initialization.
+    """Std of the normal initialisation of random weights (and of the heads added for RL)."""
     hf_checkpoint: Optional[str] = None
+    """Hugging Face checkpoint directory (safetensors + config.json), the name of a packaged model
+    ("smollm2-135m-instruct"), or null for random initialization."""
 
 
 @dataclass
@@ -51,19 +66,21 @@ class ParallelConfig:
     """Megatron parallel layout. world = TP x PP x CP x DP."""
 
     tensor_model_parallel_size: int = 1
+    """TP: ranks that split each layer's weight matrices."""
     pipeline_model_parallel_size: int = 1
-    # Context parallelism is not implemented yet: validation accepts only 1 (the planner counts with it).
+    """PP: stages that the layers are divided between."""
     context_parallel_size: int = 1
-    # Split activations along the sequence in the non-TP regions; needs TP > 1.
+    """Context parallelism is not implemented yet: validation accepts only 1 (the planner counts with it)."""
     sequence_parallel: bool = False
-    # Shard optimizer states across data-parallel ranks (ZeRO-1).
+    """Split activations along the sequence in the non-TP regions; needs TP > 1."""
     use_distributed_optimizer: bool = False
-    # Expected number of processes. None: taken from the launcher (WORLD_SIZE).
+    """Shard optimizer states across data-parallel ranks (ZeRO-1)."""
     world_size: Optional[int] = None
-    # auto (nccl with CUDA, gloo without) | nccl | gloo
+    """Expected number of processes; null: taken from the launcher (WORLD_SIZE)."""
     backend: str = "auto"
-    # Timeout for collective operations, minutes.
+    """torch.distributed backend; auto: nccl with CUDA, gloo without."""
     timeout_minutes: int = 30
+    """Timeout of collective operations, minutes."""
 
 
 @dataclass
@@ -71,32 +88,42 @@ class TrainConfig:
     """Batch geometry and optimizer of a training step."""
 
     seed: int = 1234
+    """Seed of the run's random number generators."""
     micro_batch_size: int = 1
-    # Sequences per optimizer step over all data-parallel ranks.
+    """Sequences per forward/backward pass on one data-parallel rank."""
     global_batch_size: int = 8
+    """Sequences per optimizer step over all data-parallel ranks (layout smoke job and ILQL)."""
     seq_length: int = 128
-    # adam | sgd
+    """Tokens per training sequence (padded or cut to it)."""
     optimizer: str = "adam"
+    """Optimizer (Megatron's; adam is AdamW with weight_decay)."""
     lr: float = 1.0e-5
+    """Peak learning rate."""
     min_lr: float = 0.0
+    """Learning rate at the end of the decay."""
     weight_decay: float = 0.0
+    """Decoupled weight decay."""
     adam_beta1: float = 0.9
+    """Adam's first-moment decay."""
     adam_beta2: float = 0.95
+    """Adam's second-moment decay."""
     adam_eps: float = 1.0e-8
-    # Clip the global gradient norm to this value; 0 disables clipping.
+    """Adam's epsilon."""
     clip_grad: float = 1.0
-    # Learning-rate schedule over optimizer steps: linear warm-up from 0, then
-    # constant | linear | cosine decay to min_lr by lr_decay_steps (None: the run's last step).
+    """Clip the global gradient norm to this value; 0 disables clipping."""
     lr_warmup_steps: int = 0
+    """Optimizer steps of linear learning-rate warm-up from 0."""
     lr_decay_style: str = "constant"
+    """Learning-rate decay after the warm-up, to min_lr by lr_decay_steps."""
     lr_decay_steps: Optional[int] = None
-    # RL iterations (generate, score, learn) of an algorithm run.
+    """Optimizer step where the decay reaches min_lr; null: the run's last step."""
     total_steps: int = 100
-    # Evaluate (greedy or sampled on the task's held-out prompts) every N steps; 0: only first and last.
+    """RL iterations (generate, score, learn) of an algorithm run; optimizer steps of ILQL and the smoke job."""
     eval_every: int = 0
-    # Activation recomputation in training forwards: null (keep all activations) |
-    # selective (recompute core attention) | full (keep only each layer's input, recompute the layer).
+    """Evaluate on the task's held-out prompts every N steps; 0: only first and last."""
     recompute: Optional[str] = None
+    """Activation recomputation in training forwards: null keeps all activations, selective recomputes
+    core attention, full keeps only each layer's input and recomputes the layer."""
 
 
 @dataclass
@@ -104,10 +131,15 @@ class SamplingConfig:
     """Rollout sampling (see generation.SamplingParams)."""
 
     max_new_tokens: int = 32
+    """Most tokens generated per completion."""
     min_new_tokens: int = 0
+    """EOS is masked out until this many tokens were generated."""
     temperature: float = 1.0
+    """Softmax temperature; 0: greedy."""
     top_k: int = 0
+    """Sample from the k most likely tokens only; 0: off."""
     top_p: float = 1.0
+    """Nucleus sampling: the smallest set of tokens with this much probability; 1: off."""
 
 
 @dataclass
@@ -122,23 +154,28 @@ class AlgorithmConfig:
     that sampled it (the off-policy knob of Noukhovitch et al.: minibatches=1 is on-policy)."""
 
     name: str = MISSING
+    """The algorithm (algorithm=<name> selects its schema and defaults)."""
     prompts_per_step: int = 64
+    """Prompts drawn per step, over all data-parallel ranks."""
     samples_per_prompt: int = 1
+    """Completions sampled per prompt."""
     epochs: int = 1
+    """Passes over a step's samples."""
     minibatches: int = 1
-    # Reference model: top layers trained and copied for the reference; the frozen
-    # trunk below is shared. -1: all layers trained, the reference is a full copy.
+    """Optimizer steps per pass (each on an equal share of the step's prompts)."""
     num_layers_unfrozen: int = -1
-    # With a frozen trunk (and PP=1): run it once per rollout and reuse its output for the
-    # reference and every learning epoch (trlX's hydra forward); off: full forwards.
+    """Reference model: the top layers are trained and copied for the reference, the frozen trunk below
+    is shared; -1: all layers trained, the reference is a full copy."""
     cache_frozen_trunk: bool = True
-    # Keep the full reference copy in CPU memory between uses (GPU runs).
+    """With a frozen trunk (and PP=1): run it once per rollout and reuse its output for the reference
+    and every learning epoch (trlX's hydra forward); false: full forwards."""
     offload_reference: bool = False
-    # A completion that ends without EOS: its score minus this (penalty_mode=subtract, TRL's
-    # semantics) or replaced by -missing_eos_penalty (replace, the asynchronous-RLHF paper's
-    # code with 1.0). None: no penalty.
+    """Keep the full reference copy in CPU memory between uses (GPU runs)."""
     missing_eos_penalty: Optional[float] = None
+    """A completion that ends without EOS is penalised by this (see penalty_mode); null: no penalty."""
     penalty_mode: str = "subtract"
+    """subtract: the score minus missing_eos_penalty (TRL's semantics); replace: the score becomes
+    -missing_eos_penalty (the asynchronous-RLHF paper's code, with 1.0)."""
 
     def uses_reference(self) -> bool:
         """Whether the algorithm reads a frozen reference model (built only then)."""
@@ -157,20 +194,31 @@ class PPOConfig(AlgorithmConfig):
     name: str = "ppo"
     epochs: int = 4
     init_kl_coef: float = 0.05
-    target_kl: Optional[float] = None  # adaptive KL controller when set, fixed otherwise
+    """Coefficient of the per-token KL penalty (the adaptive controller's start)."""
+    target_kl: Optional[float] = None
+    """The adaptive KL controller's target KL; null: a fixed coefficient."""
     kl_horizon: int = 10000
+    """The adaptive KL controller's horizon, in samples."""
     gamma: float = 1.0
+    """Discount of the per-token rewards."""
     lam: float = 0.95
+    """GAE's lambda."""
     clip_ratio: float = 0.2
+    """Policy loss: the ratio is clipped to [1 - clip_ratio, 1 + clip_ratio]."""
     clip_value: float = 0.2
+    """Value loss: new values are clipped to within clip_value of the old ones."""
     vf_coef: float = 1.0
+    """Weight of the value loss."""
     entropy_coef: float = 0.0
-    # Rewards: clip scores to [-clip_reward, clip_reward] (None: off), then optionally
-    # scale by the running std ("running") of all scores seen so far.
+    """Weight of the entropy bonus."""
     clip_reward: Optional[float] = 10.0
+    """Scores are clipped to [-clip_reward, clip_reward]; null: no clipping."""
     scale_reward: Optional[str] = None
+    """running: scores divided by the running std of all scores seen so far; null: unscaled."""
     whiten_advantages: bool = True
+    """Whiten the advantages over the step's samples."""
     value_head_seed: int = 1
+    """Seed of the value head's initial weights."""
 
     def critic_seed(self) -> Optional[int]:
         return self.value_head_seed
@@ -185,8 +233,9 @@ class OnlineDPOConfig(AlgorithmConfig):
     name: str = "online_dpo"
     samples_per_prompt: int = 2
     beta: float = 0.1
-    # sigmoid: -log sigmoid(beta * margin) (DPO); ipo: (margin - 1 / (2 beta))^2 (IPO)
+    """Strength of the implicit KL constraint to the reference."""
     loss_type: str = "sigmoid"
+    """sigmoid: -log sigmoid(beta * margin) (DPO); ipo: (margin - 1 / (2 beta))^2 (IPO)."""
 
 
 @dataclass
@@ -198,9 +247,11 @@ class RLOOConfig(AlgorithmConfig):
     name: str = "rloo"
     samples_per_prompt: int = 4
     kl_coef: float = 0.05
+    """Coefficient of the sequence KL penalty in the reward; 0: no reference model."""
     clip_ratio: float = 0.2
-    # Whiten the advantages over the step's samples (all DP ranks).
+    """The sequence ratio is clipped to [1 - clip_ratio, 1 + clip_ratio]."""
     whiten_advantages: bool = False
+    """Whiten the advantages over the step's samples (all DP ranks)."""
 
     def uses_reference(self) -> bool:
         return self.kl_coef != 0
@@ -215,13 +266,18 @@ class GRPOConfig(AlgorithmConfig):
     name: str = "grpo"
     samples_per_prompt: int = 4
     beta: float = 0.04
+    """Weight of the k3 KL estimate in the loss; 0: no reference model."""
     clip_low: float = 0.2
-    clip_high: float = 0.2              # DAPO's clip-higher: e.g. 0.28
-    epsilon: float = 1.0e-4             # in (r - mean) / (std + epsilon)
-    scale_rewards: bool = True          # false: advantages r - mean, not divided by the std
-    # token: sum over every token of the minibatch / its token count (DAPO);
-    # sequence: each sample's mean over its tokens, then the mean over samples (GRPO).
+    """The ratio's lower clip: 1 - clip_low."""
+    clip_high: float = 0.2
+    """The ratio's upper clip: 1 + clip_high (DAPO's clip-higher: e.g. 0.28)."""
+    epsilon: float = 1.0e-4
+    """epsilon of the advantage (r - mean) / (std + epsilon)."""
+    scale_rewards: bool = True
+    """Divide the advantages by the group's std; false: r - mean."""
     loss_aggregation: str = "token"
+    """token: sum over every token of the minibatch / its token count (DAPO); sequence: each sample's
+    mean over its tokens, then the mean over samples (GRPO)."""
 
     def uses_reference(self) -> bool:
         return self.beta != 0
@@ -242,26 +298,35 @@ class ILQLConfig(AlgorithmConfig):
     not apply; no reference model."""
 
     name: str = "ilql"
-    tau: float = 0.7                    # expectile of V
+    tau: float = 0.7
+    """Expectile of V."""
     gamma: float = 0.99
+    """Discount."""
     cql_scale: float = 0.1
+    """Weight of the conservative (CQL) loss."""
     awac_scale: float = 1.0
-    awac_beta: float = 0.0              # beta_train: AWAC weight exp(awac_beta (min Q_target - V)); 0: cloning
-    alpha: float = 0.001                # Polyak: target <- alpha q + (1 - alpha) target
-    steps_for_target_q_sync: int = 5    # in optimizer steps
+    """Weight of the AWAC (advantage-weighted cloning) loss."""
+    awac_beta: float = 0.0
+    """beta_train: the AWAC weight exp(awac_beta (min Q_target - V)); 0: plain cloning."""
+    alpha: float = 0.001
+    """Polyak averaging: target <- alpha q + (1 - alpha) target."""
+    steps_for_target_q_sync: int = 5
+    """Optimizer steps between target Q updates."""
     two_qs: bool = True
-    # Width w of the heads' hidden layer; null: model.hidden_size (trlX used 2 x hidden).
+    """Two Q heads (the min of the two is used)."""
     head_width: Optional[int] = None
+    """Width w of the heads' hidden layer; null: model.hidden_size (trlX used 2 x hidden)."""
     head_seed: int = 1
-    # z-score the returns over the dataset
+    """Seed of the heads' initial weights."""
     reward_normalization: bool = True
-    # Rows that cannot train (empty output, missing or NaN reward, longer than train.seq_length):
-    # false raises an error naming the first of them; true drops them and reports the counts.
+    """z-score the returns over the dataset."""
     drop_bad_rows: bool = False
-    # Q-guided decoding strengths evaluated (eval/reward@beta=x); 0 decodes the policy alone.
+    """Rows that cannot train (empty output, missing or NaN reward, longer than train.seq_length): false
+    raises an error naming the first of them; true drops them and reports the counts."""
     betas: list[float] = field(default_factory=lambda: [1.0, 4.0])
-    # The beta summary.json's "after" reports as its headline; null: the best of ``betas``.
+    """Q-guided decoding strengths evaluated (eval/reward@beta=x); 0 decodes the policy alone."""
     report_beta: Optional[float] = None
+    """The beta summary.json's "after" reports as its headline; null: the best of betas."""
 
     def uses_reference(self) -> bool:
         return False
@@ -279,32 +344,33 @@ ALGORITHMS: dict[str, type] = {"ppo": PPOConfig, "online_dpo": OnlineDPOConfig, 
 class TaskConfig:
     """Prompts, reward and sampling of an RL task (see autorlhf_nemo.tasks)."""
 
-    # randomwalks | sentiment | custom (prompts and reward_fn given to autorlhf_nemo.train)
     name: str = "custom"
+    """The task; custom: prompts and reward_fn given to autorlhf_nemo.train."""
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    # Held-out prompts scored at each evaluation.
+    """Rollout sampling."""
     num_eval_prompts: int = 64
-    # Wrap prompts in the tokenizer's chat template (instruct models).
+    """Held-out prompts scored at each evaluation."""
     chat_template: bool = False
-    # randomwalks: steps of next-token pretraining on the walks before RL, walks per step
-    # (over all data-parallel ranks; each rank's share is cut into train.micro_batch_size
-    # micro-batches where that divides it, else taken as one).
+    """Wrap prompts in the tokenizer's chat template (instruct models)."""
     pretrain_steps: int = 0
+    """randomwalks: steps of next-token pretraining on the walks before RL."""
     pretrain_lr: float = 3.0e-3
+    """randomwalks: the pretraining's learning rate."""
     pretrain_batch_size: int = 96
-    # randomwalks: the seed of trlX's generate_random_walks. trlX's examples pass
-    # config.train.seed = 1000 (its benchmark as it ran: the walks score 0.35 optimality);
-    # 1002, the function's own default, gives an easier graph (0.79).
+    """randomwalks: walks per pretraining step over all data-parallel ranks (each rank's share is cut
+    into train.micro_batch_size micro-batches where that divides it, else taken as one)."""
     graph_seed: int = 1000
-    # Evaluation on the held-out prompts: greedy decoding, and one sampled pass per seed in
-    # eval_seeds at eval_temperature (None: task.sampling.temperature). eval/reward is the
-    # greedy figure when eval_greedy, else the mean of the sampled passes.
+    """randomwalks: the seed of trlX's generate_random_walks; 1000 is trlX's benchmark as it ran (the
+    walks score 0.35 optimality), 1002, the function's own default, an easier graph (0.79)."""
     eval_greedy: bool = False
+    """Evaluate with greedy decoding; eval/reward is then the greedy figure."""
     eval_temperature: Optional[float] = None
+    """Temperature of the sampled evaluation passes; null: task.sampling.temperature."""
     eval_seeds: list[int] = field(default_factory=lambda: [0])
-    # algorithm=ilql: a JSONL file of {"prompt", "output", "reward"} rows (data/offline.py), the
-    # offline dataset of task=custom (and the cached dataset of task=sentiment).
+    """One sampled evaluation pass per seed; without eval_greedy, eval/reward is their mean."""
     dataset: Optional[str] = None
+    """algorithm=ilql: a JSONL file of {"prompt", "output", "reward"} rows (data/offline.py), the offline
+    dataset of task=custom (and the cached dataset of task=sentiment)."""
 
 
 @dataclass
@@ -318,42 +384,54 @@ class RolloutConfig:
     generator replica. ``max_staleness`` S: a sample used in update t was generated by policy
     version >= t - S (0: generators wait for fresh weights; 1: the paper's one-step overlap)."""
 
-    # colocated | split
     placement: str = "colocated"
+    """colocated: every rank generates and learns; split: generator ranks apart from learner ranks."""
     generator_ranks: int = 0
+    """placement=split: the last ranks of the world, which only generate."""
     generator_tensor_parallel_size: int = 1
-    # The generators' weight dtype (float32 | bfloat16 | float16); None: model.params_dtype.
+    """placement=split: TP size of each generator replica."""
     generator_dtype: Optional[str] = None
+    """The generators' weight dtype; null: model.params_dtype."""
     max_staleness: int = 0
-    # Old log-probs of the clipped ratio: proximal (the learner recomputes them with its weights
-    # before its first update on a batch: decoupled PPO) | behaviour (the generator's own).
+    """S: a sample used in update t was generated by policy version >= t - S."""
     old_logprobs: str = "proximal"
-    # PPO/RLOO/GRPO with proximal old log-probs: weight each token by the truncated importance
-    # ratio min(pi_proximal / pi_behaviour, importance_clip) of the samples' staleness.
+    """Old log-probs of the clipped ratio: proximal (the learner recomputes them with its weights before
+    its first update on a batch: decoupled PPO) or behaviour (the generator's own)."""
     importance_correction: bool = True
+    """PPO/RLOO/GRPO with proximal old log-probs: weight each token by the truncated importance ratio
+    min(pi_proximal / pi_behaviour, importance_clip)."""
     importance_clip: float = 2.0
+    """The truncation c of the importance ratio min(ratio, c)."""
 
 
 @dataclass
 class CheckpointConfig:
-    # Save every N steps (0: only at the end). Checkpoints go to <run_dir>/checkpoints.
+    """Checkpoints of a run (<run_dir>/checkpoints) and its Hugging Face export."""
+
     save_every: int = 0
+    """Save every N steps; 0: only at the end."""
     keep_last: int = 2
-    # Continue from the newest complete checkpoint in run_dir when there is one.
+    """Checkpoints kept; older ones are deleted once a newer one is complete."""
     resume: bool = True
-    # Export the final policy as a Hugging Face safetensors checkpoint (<run_dir>/hf_export).
+    """Continue from the newest complete checkpoint in run_dir when there is one."""
     export_hf: bool = True
+    """Export the final policy as a Hugging Face safetensors checkpoint (<run_dir>/hf_export)."""
 
 
 @dataclass
 class LoggingConfig:
+    """Where a run's metrics go (metrics.jsonl is always written)."""
+
     progress_bar: bool = True
+    """Show a progress bar on rank 0."""
     tensorboard: bool = True
-    # Weights & Biases (needs `pip install wandb`; offline mode works without network).
+    """Write TensorBoard events under run_dir."""
     wandb: bool = False
+    """Log to Weights & Biases (needs `pip install wandb`; offline mode works without network)."""
     wandb_project: str = "autorlhf_nemo"
-    # Before/after samples printed and saved.
+    """The Weights & Biases project."""
     num_samples: int = 4
+    """Before/after samples printed and saved."""
 
 
 @dataclass
@@ -362,47 +440,70 @@ class ClusterConfig:
     and the GPU memory the planner (``python -m autorlhf_nemo.plan``) budgets against."""
 
     nodes: int = 1
-    # One process per GPU; the world size is nodes x gpus_per_node.
+    """Nodes of the allocation."""
     gpus_per_node: int = 8
-    # Memory of one GPU (H100 SXM: 80), and what the planner keeps free of model state
-    # for the CUDA context, NCCL buffers and allocator fragmentation.
+    """GPUs per node, one process each; the world size is nodes x gpus_per_node."""
     gpu_memory_gib: float = 80.0
+    """Memory of one GPU, GiB (H100 SXM: 80)."""
     reserved_memory_gib: float = 6.0
-    # Slurm: None leaves the cluster's default.
+    """GiB per GPU the planner keeps free of model state (CUDA context, NCCL buffers, fragmentation)."""
     partition: Optional[str] = None
+    """Slurm partition; null: the cluster's default."""
     account: Optional[str] = None
+    """Slurm account; null: the cluster's default."""
     qos: Optional[str] = None
+    """Slurm QOS; null: the cluster's default."""
     time: str = "04:00:00"
+    """Slurm time limit (M, M:S, H:M:S, D-H, D-H:M or D-H:M:S)."""
     cpus_per_task: Optional[int] = None
+    """CPUs per task; null: the cluster's default."""
     job_name: str = "autorlhf_nemo"
+    """Slurm job name."""
     log_dir: str = "${run_dir}/slurm"
+    """Directory of the sbatch script and the job's logs."""
     master_port: int = 29500
-    # Run each node's torchrun inside this container (Slurm's pyxis plugin: srun --container-image).
+    """torchrun's rendezvous port on the first node."""
     container_image: Optional[str] = None
+    """Run each node's torchrun inside this container (Slurm's pyxis plugin: srun --container-image)."""
     container_mounts: Optional[str] = None
-    # Environment for every rank, e.g. NCCL_IB_HCA, NCCL_SOCKET_IFNAME (the NCCL hooks).
+    """pyxis --container-mounts (src:dst[,src:dst...])."""
     env: dict[str, str] = field(default_factory=dict)
-    # Shell lines run before srun (module loads, conda activate): the user's own commands, verbatim.
+    """Environment for every rank, e.g. NCCL_IB_HCA, NCCL_SOCKET_IFNAME (the NCCL hooks)."""
     setup: list[str] = field(default_factory=list)
-    # Python interpreter on the nodes.
+    """Shell lines run before srun (module loads, conda activate): the user's own commands, verbatim."""
     python: str = "python"
+    """Python interpreter on the nodes."""
+
+    def world_size(self) -> int:
+        """Processes of the allocation, one per GPU: nodes x gpus_per_node."""
+        return self.nodes * self.gpus_per_node
 
 
 @dataclass
 class RootConfig:
+    """The whole configuration: one group per section."""
+
     model: ModelConfig = MISSING
+    """The model (model=<name>: conf/model)."""
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    """The parallel layout (parallel=<name>: conf/parallel)."""
     train: TrainConfig = field(default_factory=TrainConfig)
-    # None: only the layout smoke job (parameter counts, LM loss); an algorithm (ALGORITHMS,
-    # e.g. algorithm=ppo): an RL run. The group's schema is that algorithm's dataclass.
+    """Batch geometry, optimizer and schedule."""
     algorithm: Optional[AlgorithmConfig] = None
+    """null: only the layout smoke job (parameter counts, LM loss); an algorithm (algorithm=<name>):
+    an RL run, whose schema is that algorithm's dataclass."""
     task: TaskConfig = field(default_factory=TaskConfig)
+    """The RL task (task=<name>: conf/task)."""
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    """Where samples are generated (asynchronous RLHF)."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    """Checkpoints and export."""
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    """Metrics and samples."""
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
-    # Where runs write logs and checkpoints.
+    """Slurm allocation and the planner's GPU memory."""
     run_dir: str = "runs/${model.name}"
+    """Where runs write logs and checkpoints."""
 
 
 def slurm_minutes(time: str) -> int:
@@ -438,8 +539,6 @@ def typed_config(cfg) -> RootConfig:
     (e.g. a saved .hydra/config.yaml) or a RootConfig."""
     from omegaconf import DictConfig
     from omegaconf.errors import MissingMandatoryValue
-
-    from autorlhf_nemo.config.validate import ConfigError
 
     if isinstance(cfg, RootConfig):
         return cfg

@@ -16,26 +16,10 @@ from typing import Any, Mapping, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from autorlhf_nemo.config.schema import ALGORITHMS, RootConfig
+from autorlhf_nemo.config.errors import ConfigError
+from autorlhf_nemo.config.schema import ALGORITHMS, ILQLConfig, RootConfig
 
-_DTYPES = ("float32", "bfloat16", "float16")
-_BACKENDS = ("auto", "nccl", "gloo")
-_OPTIMIZERS = ("adam", "sgd")
-_LR_DECAY_STYLES = ("constant", "linear", "cosine")
-_TASKS = ("randomwalks", "sentiment", "custom")
-_RECOMPUTE = (None, "selective", "full")
-_PENALTY_MODES = ("subtract", "replace")
-_DPO_LOSSES = ("sigmoid", "ipo")
-_LOSS_AGGREGATIONS = ("token", "sequence")
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot run; the message lists every problem and its fix."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        lines = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"invalid configuration ({len(problems)} problem(s)):\n{lines}")
+__all__ = ["ConfigError", "validate_config", "field_rule"]
 
 
 def _divisors(n: int) -> list[int]:
@@ -43,27 +27,34 @@ def _divisors(n: int) -> list[int]:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Range:
-    """The valid values of a numeric field: ``low``..``high``, each end open or closed."""
+class Range:
+    """The valid values of a numeric field: ``low``..``high``, each end open or closed. ``high``
+    may name another field (its dotted name): that field's value bounds this one once it is
+    valid itself (a positive number); until then there is no upper bound."""
 
     low: float
-    high: float = math.inf
+    high: float | str = math.inf
     low_open: bool = False
     high_open: bool = False
     nullable: bool = False
     note: str = ""
 
-    def holds(self, value: Any) -> bool:
+    def holds(self, value: Any, values: Optional[dict] = None) -> bool:
         if value is None:
             return self.nullable
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             return False  # NaN and infinities too
+        high = self.high
+        if isinstance(high, str):
+            bound = _lookup(values, high)
+            high = bound if Range(0, low_open=True).holds(bound) else math.inf
         above = self.low < value if self.low_open else self.low <= value
-        below = value < self.high if self.high_open else value <= self.high
+        below = value < high if self.high_open else value <= high
         return above and below
 
     def __str__(self) -> str:
-        low, high = (str(b) if isinstance(b, int) else f"{b:g}" for b in (self.low, self.high))
+        low, high = (b if isinstance(b, str) else str(b) if isinstance(b, int) else f"{b:g}"
+                     for b in (self.low, self.high))
         if self.high == math.inf:
             text = f"{'>' if self.low_open else '>='} {low}"
         else:
@@ -71,113 +62,158 @@ class _Range:
         return text + (", or null" if self.nullable else "") + (f" ({self.note})" if self.note else "")
 
 
-def _at_least(low: float, **kwargs) -> _Range:
-    return _Range(low, **kwargs)
+def _at_least(low: float, **kwargs) -> Range:
+    return Range(low, **kwargs)
 
 
-def _above(low: float, **kwargs) -> _Range:
-    return _Range(low, low_open=True, **kwargs)
+def _above(low: float, **kwargs) -> Range:
+    return Range(low, low_open=True, **kwargs)
 
 
-def _numeric_ranges(values: dict) -> dict[str, _Range]:
-    """The valid range of every numeric field of the schema, by dotted name. A bound taken
-    from another field applies once that field is valid itself."""
-    def bound(name: str) -> float:
-        """Another (positive) field as a bound; no bound while that field is invalid itself."""
-        value = _lookup(values, name)
-        return value if _above(0).holds(value) else math.inf
+@dataclasses.dataclass(frozen=True)
+class Choices:
+    """The valid values of a string field (None: null is one of them)."""
 
-    lr, max_new, vocab = bound("train.lr"), bound("task.sampling.max_new_tokens"), bound("model.vocab_size")
-    gpu_memory = bound("cluster.gpu_memory_gib")
-    ranges = {
-        "model.num_layers": _at_least(1),
-        "model.hidden_size": _at_least(1),
-        "model.ffn_hidden_size": _at_least(1),
-        "model.num_attention_heads": _at_least(1),
-        "model.num_query_groups": _at_least(1),
-        "model.vocab_size": _at_least(1),
-        "model.kv_channels": _at_least(1, nullable=True, note="null: hidden_size / num_attention_heads"),
-        "model.max_position_embeddings": _at_least(1),
-        "model.rotary_base": _above(0),
-        "model.rope_scaling_factor": _above(0, nullable=True, note="null: no RoPE scaling"),
-        "model.norm_epsilon": _above(0),
-        "model.make_vocab_size_divisible_by": _at_least(1),
-        "model.init_method_std": _above(0),
-        "parallel.tensor_model_parallel_size": _at_least(1),
-        "parallel.pipeline_model_parallel_size": _at_least(1),
-        "parallel.context_parallel_size": _at_least(1),
-        "parallel.world_size": _at_least(1, nullable=True, note="null: the launcher's WORLD_SIZE"),
-        "parallel.timeout_minutes": _at_least(1),
-        "train.seed": _Range(0, 2**32 - 1, note="numpy's seed range"),
-        "train.micro_batch_size": _at_least(1),
-        "train.global_batch_size": _at_least(1),
-        "train.seq_length": _at_least(1),
-        "train.lr": _above(0),
-        "train.min_lr": _Range(0, lr, note="at most train.lr"),
-        "train.weight_decay": _at_least(0),
-        "train.adam_beta1": _Range(0, 1, high_open=True),
-        "train.adam_beta2": _Range(0, 1, high_open=True),
-        "train.adam_eps": _above(0),
-        "train.clip_grad": _at_least(0, note="0: no clipping"),
-        "train.lr_warmup_steps": _at_least(0),
-        "train.lr_decay_steps": _at_least(1, nullable=True, note="null: the run's last step"),
-        "train.total_steps": _at_least(1),
-        "train.eval_every": _at_least(0, note="0: first and last step only"),
-        "task.sampling.max_new_tokens": _at_least(1),
-        "task.sampling.min_new_tokens": _Range(0, max_new, note="at most task.sampling.max_new_tokens"),
-        "task.sampling.temperature": _at_least(0, note="0: greedy"),
-        "task.sampling.top_k": _Range(0, vocab, note="0: off; at most model.vocab_size"),
-        "task.sampling.top_p": _Range(0, 1, low_open=True, note="1: off"),
-        "task.num_eval_prompts": _at_least(1),
-        "task.pretrain_steps": _at_least(0),
-        "task.pretrain_lr": _above(0),
-        "task.pretrain_batch_size": _at_least(1),
-        "task.graph_seed": _Range(0, 2**32 - 1, note="numpy's seed range"),
-        "task.eval_temperature": _above(0, nullable=True, note="null: task.sampling.temperature"),
-        "checkpoint.save_every": _at_least(0, note="0: at the end only"),
-        "checkpoint.keep_last": _at_least(1),
-        "logging.num_samples": _at_least(0),
-        "cluster.nodes": _at_least(1),
-        "cluster.gpus_per_node": _at_least(1),
-        "cluster.gpu_memory_gib": _above(0),
-        "cluster.reserved_memory_gib": _Range(0, gpu_memory, high_open=True, note="below cluster.gpu_memory_gib"),
-        "cluster.cpus_per_task": _at_least(1, nullable=True, note="null: the cluster's default"),
-        "cluster.master_port": _Range(1, 65535),
-        "rollout.generator_ranks": _at_least(0, note="0 with placement=colocated"),
-        "rollout.generator_tensor_parallel_size": _at_least(1),
-        "rollout.max_staleness": _at_least(0, note="0: on-policy"),
-        "rollout.importance_clip": _at_least(1, note="the truncation c of min(ratio, c)"),
-    }
-    a = values["algorithm"]
-    if a is not None:
-        ranges.update({
-            "algorithm.prompts_per_step": _at_least(1),
-            "algorithm.samples_per_prompt": _at_least(1),
-            "algorithm.epochs": _at_least(1),
-            "algorithm.minibatches": _at_least(1),
-            "algorithm.missing_eos_penalty": _at_least(0, nullable=True, note="null: no penalty"),
-            # num_layers_unfrozen (-1 or >= 1) is checked with the other algorithm rules.
-        })
-        specific = {
-            "ppo": {"init_kl_coef": _at_least(0),
-                    "target_kl": _above(0, nullable=True, note="null for a fixed KL coefficient"),
-                    "kl_horizon": _at_least(1), "gamma": _Range(0, 1), "lam": _Range(0, 1),
-                    "clip_ratio": _above(0), "clip_value": _above(0), "vf_coef": _at_least(0),
-                    "entropy_coef": _at_least(0), "clip_reward": _above(0, nullable=True, note="null: no clipping"),
-                    "value_head_seed": _at_least(0)},
-            "online_dpo": {"beta": _above(0)},
-            "rloo": {"kl_coef": _at_least(0), "clip_ratio": _above(0)},
-            "grpo": {"beta": _at_least(0, note="0: no KL term"), "clip_low": _Range(0, 1, high_open=True),
-                     "clip_high": _above(0), "epsilon": _above(0)},
-            "ilql": {"tau": _Range(0, 1, low_open=True, high_open=True), "gamma": _Range(0, 1),
-                     "cql_scale": _at_least(0), "awac_scale": _at_least(0), "awac_beta": _at_least(0),
-                     "alpha": _Range(0, 1, low_open=True), "steps_for_target_q_sync": _at_least(1),
-                     "head_width": _at_least(1, nullable=True, note="null: model.hidden_size"),
-                     "head_seed": _at_least(0),
-                     "report_beta": _at_least(0, nullable=True, note="null: the best of algorithm.betas")},
-        }.get(a["name"], {})
-        ranges.update({f"algorithm.{key}": rng for key, rng in specific.items()})
-    return ranges
+    values: tuple
+    note: str = ""
+
+    def holds(self, value: Any) -> bool:
+        return value in self.values
+
+    def __str__(self) -> str:
+        names = ["null" if v is None else repr(v) for v in self.values]
+        text = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+        return text + (f" ({self.note})" if self.note else "")
+
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+# The valid range of every numeric field, by dotted name (algorithm fields below).
+RANGES: dict[str, Range] = {
+    "model.num_layers": _at_least(1),
+    "model.hidden_size": _at_least(1),
+    "model.ffn_hidden_size": _at_least(1),
+    "model.num_attention_heads": _at_least(1),
+    "model.num_query_groups": _at_least(1),
+    "model.vocab_size": _at_least(1),
+    "model.kv_channels": _at_least(1, nullable=True, note="null: hidden_size / num_attention_heads"),
+    "model.max_position_embeddings": _at_least(1),
+    "model.rotary_base": _above(0),
+    "model.rope_scaling_factor": _above(0, nullable=True, note="null: no RoPE scaling"),
+    "model.norm_epsilon": _above(0),
+    "model.make_vocab_size_divisible_by": _at_least(1),
+    "model.init_method_std": _above(0),
+    "parallel.tensor_model_parallel_size": _at_least(1),
+    "parallel.pipeline_model_parallel_size": _at_least(1),
+    "parallel.context_parallel_size": _at_least(1),
+    "parallel.world_size": _at_least(1, nullable=True, note="null: the launcher's WORLD_SIZE"),
+    "parallel.timeout_minutes": _at_least(1),
+    "train.seed": Range(0, 2**32 - 1, note="numpy's seed range"),
+    "train.micro_batch_size": _at_least(1),
+    "train.global_batch_size": _at_least(1),
+    "train.seq_length": _at_least(1),
+    "train.lr": _above(0),
+    "train.min_lr": Range(0, "train.lr"),
+    "train.weight_decay": _at_least(0),
+    "train.adam_beta1": Range(0, 1, high_open=True),
+    "train.adam_beta2": Range(0, 1, high_open=True),
+    "train.adam_eps": _above(0),
+    "train.clip_grad": _at_least(0, note="0: no clipping"),
+    "train.lr_warmup_steps": _at_least(0),
+    "train.lr_decay_steps": _at_least(1, nullable=True, note="null: the run's last step"),
+    "train.total_steps": _at_least(1),
+    "train.eval_every": _at_least(0, note="0: first and last step only"),
+    "task.sampling.max_new_tokens": _at_least(1),
+    "task.sampling.min_new_tokens": Range(0, "task.sampling.max_new_tokens"),
+    "task.sampling.temperature": _at_least(0, note="0: greedy"),
+    "task.sampling.top_k": Range(0, "model.vocab_size", note="0: off"),
+    "task.sampling.top_p": Range(0, 1, low_open=True, note="1: off"),
+    "task.num_eval_prompts": _at_least(1),
+    "task.pretrain_steps": _at_least(0),
+    "task.pretrain_lr": _above(0),
+    "task.pretrain_batch_size": _at_least(1),
+    "task.graph_seed": Range(0, 2**32 - 1, note="numpy's seed range"),
+    "task.eval_temperature": _above(0, nullable=True, note="null: task.sampling.temperature"),
+    "checkpoint.save_every": _at_least(0, note="0: at the end only"),
+    "checkpoint.keep_last": _at_least(1),
+    "logging.num_samples": _at_least(0),
+    "cluster.nodes": _at_least(1),
+    "cluster.gpus_per_node": _at_least(1),
+    "cluster.gpu_memory_gib": _above(0),
+    "cluster.reserved_memory_gib": Range(0, "cluster.gpu_memory_gib", high_open=True),
+    "cluster.cpus_per_task": _at_least(1, nullable=True, note="null: the cluster's default"),
+    "cluster.master_port": Range(1, 65535),
+    "rollout.generator_ranks": _at_least(0, note="0 with placement=colocated"),
+    "rollout.generator_tensor_parallel_size": _at_least(1),
+    "rollout.max_staleness": _at_least(0, note="0: on-policy"),
+    "rollout.importance_clip": _at_least(1),
+}
+
+# Every algorithm's (under algorithm.); num_layers_unfrozen (-1 or >= 1) is checked with the other
+# algorithm rules.
+ALGORITHM_RANGES: dict[str, Range] = {
+    "prompts_per_step": _at_least(1),
+    "samples_per_prompt": _at_least(1),
+    "epochs": _at_least(1),
+    "minibatches": _at_least(1),
+    "missing_eos_penalty": _at_least(0, nullable=True, note="null: no penalty"),
+}
+
+# Each algorithm's own (algorithm=<name>).
+ALGORITHM_OWN_RANGES: dict[str, dict[str, Range]] = {
+    "ppo": {"init_kl_coef": _at_least(0),
+            "target_kl": _above(0, nullable=True, note="null for a fixed KL coefficient"),
+            "kl_horizon": _at_least(1), "gamma": Range(0, 1), "lam": Range(0, 1),
+            "clip_ratio": _above(0), "clip_value": _above(0), "vf_coef": _at_least(0),
+            "entropy_coef": _at_least(0), "clip_reward": _above(0, nullable=True, note="null: no clipping"),
+            "value_head_seed": _at_least(0)},
+    "online_dpo": {"beta": _above(0)},
+    "rloo": {"kl_coef": _at_least(0), "clip_ratio": _above(0)},
+    "grpo": {"beta": _at_least(0, note="0: no KL term"), "clip_low": Range(0, 1, high_open=True),
+             "clip_high": _above(0), "epsilon": _above(0)},
+    "ilql": {"tau": Range(0, 1, low_open=True, high_open=True), "gamma": Range(0, 1),
+             "cql_scale": _at_least(0), "awac_scale": _at_least(0), "awac_beta": _at_least(0),
+             "alpha": Range(0, 1, low_open=True), "steps_for_target_q_sync": _at_least(1),
+             "head_width": _at_least(1, nullable=True, note="null: model.hidden_size"),
+             "head_seed": _at_least(0),
+             "report_beta": _at_least(0, nullable=True, note="null: the best of algorithm.betas")},
+}
+
+# The valid values of every string field with a fixed set, by dotted name.
+CHOICES: dict[str, Choices] = {
+    "model.params_dtype": Choices(DTYPES),
+    "parallel.backend": Choices(("auto", "nccl", "gloo")),
+    "train.optimizer": Choices(("adam", "sgd")),
+    "train.lr_decay_style": Choices(("constant", "linear", "cosine")),
+    "train.recompute": Choices((None, "selective", "full")),
+    "task.name": Choices(("randomwalks", "sentiment", "custom"), note="task=randomwalks, task=sentiment"),
+    "rollout.placement": Choices(("colocated", "split")),
+    "rollout.old_logprobs": Choices(("proximal", "behaviour")),
+    "rollout.generator_dtype": Choices((None, *DTYPES), note="null: model.params_dtype"),
+}
+ALGORITHM_CHOICES: dict[str, Choices] = {"penalty_mode": Choices(("subtract", "replace"))}
+ALGORITHM_OWN_CHOICES: dict[str, dict[str, Choices]] = {
+    "ppo": {"scale_reward": Choices((None, "running"))},
+    "online_dpo": {"loss_type": Choices(("sigmoid", "ipo"))},
+    "grpo": {"loss_aggregation": Choices(("token", "sequence"))},
+}
+
+
+def _rules(algorithm: Optional[str]) -> tuple[dict[str, Range], dict[str, Choices]]:
+    """(ranges, choices) by dotted name for a config whose algorithm is ``algorithm`` (None: none)."""
+    ranges, choices = dict(RANGES), dict(CHOICES)
+    if algorithm is not None:
+        ranges.update({f"algorithm.{k}": r for k, r in ALGORITHM_RANGES.items()})
+        ranges.update({f"algorithm.{k}": r for k, r in ALGORITHM_OWN_RANGES.get(algorithm, {}).items()})
+        choices.update({f"algorithm.{k}": c for k, c in ALGORITHM_CHOICES.items()})
+        choices.update({f"algorithm.{k}": c for k, c in ALGORITHM_OWN_CHOICES.get(algorithm, {}).items()})
+    return ranges, choices
+
+
+def field_rule(name: str, algorithm: Optional[str] = None) -> Optional[Range | Choices]:
+    """The range or the choices that validation holds the field ``name`` (dotted) to, if any."""
+    ranges, choices = _rules(algorithm)
+    return ranges.get(name) or choices.get(name)
 
 
 # Fields the layout and batch rules divide by or compare: when one is out of range, those
@@ -202,8 +238,16 @@ def _lookup(values: dict, name: str) -> Any:
 
 def _range_problems(values: dict) -> dict[str, str]:
     """{dotted name: problem} for every numeric field outside its range (NaN included)."""
+    ranges, _ = _rules(values["algorithm"] and values["algorithm"]["name"])
     return {name: f"{name}={_lookup(values, name)} is out of range: use a value {rng}"
-            for name, rng in _numeric_ranges(values).items() if not rng.holds(_lookup(values, name))}
+            for name, rng in ranges.items() if not rng.holds(_lookup(values, name), values)}
+
+
+def _choice_problems(values: dict) -> dict[str, str]:
+    """{dotted name: problem} for every string field that is not one of its choices."""
+    _, choices = _rules(values["algorithm"] and values["algorithm"]["name"])
+    return {name: f"{name}={_lookup(values, name)!r}: use {c}"
+            for name, c in choices.items() if not c.holds(_lookup(values, name))}
 
 
 def _unknown_keys(schema: type, values: Mapping[str, Any], prefix: str = "") -> list[str]:
@@ -307,7 +351,7 @@ def validate_config(cfg: DictConfig | Mapping[str, Any], world_size: Optional[in
                   p["context_parallel_size"])
 
     out_of_range = _range_problems(values)
-    problems = list(out_of_range.values())
+    problems = list(out_of_range.values()) + list(_choice_problems(values).values())
     if _LAYOUT_INPUTS & out_of_range.keys():
         raise ConfigError(problems)
 
@@ -358,22 +402,12 @@ def validate_config(cfg: DictConfig | Mapping[str, Any], world_size: Optional[in
         problems.append(
             f"train.seq_length={t['seq_length']} exceeds model.max_position_embeddings="
             f"{m['max_position_embeddings']}: shorten the sequences")
-    if m["params_dtype"] not in _DTYPES:
-        problems.append(f"model.params_dtype={m['params_dtype']!r}: use one of {_DTYPES}")
-    if p["backend"] not in _BACKENDS:
-        problems.append(f"parallel.backend={p['backend']!r}: use one of {_BACKENDS}")
-    if t["optimizer"] not in _OPTIMIZERS:
-        problems.append(f"train.optimizer={t['optimizer']!r}: use one of {_OPTIMIZERS}")
 
     if p["use_distributed_optimizer"] and t["optimizer"] != "adam":
         problems.append(
             f"parallel.use_distributed_optimizer=true supports only train.optimizer=adam (got "
             f"{t['optimizer']!r}): switch to adam or disable the distributed optimizer")
 
-    if t["recompute"] not in _RECOMPUTE:
-        problems.append(f"train.recompute={t['recompute']!r}: use null, selective or full")
-    if t["lr_decay_style"] not in _LR_DECAY_STYLES:
-        problems.append(f"train.lr_decay_style={t['lr_decay_style']!r}: use one of {_LR_DECAY_STYLES}")
     if values["algorithm"] is not None:
         problems += _algorithm_problems(values)
         a = values["algorithm"]
@@ -433,21 +467,12 @@ def _padded_vocab(m: dict) -> int:
     return -(-m["vocab_size"] // divisible_by) * divisible_by
 
 
-_PLACEMENTS = ("colocated", "split")
-_OLD_LOGPROBS = ("proximal", "behaviour")
-
-
 def _rollout_problems(values: dict) -> list[str]:
     """Rules of the rollout placement (world-independent; the world's share is checked with the layout)."""
     r, m, a = values["rollout"], values["model"], values["algorithm"]
     problems = []
-    if r["placement"] not in _PLACEMENTS:
-        return [f"rollout.placement={r['placement']!r}: use one of {_PLACEMENTS}"]
-    if r["old_logprobs"] not in _OLD_LOGPROBS:
-        problems.append(f"rollout.old_logprobs={r['old_logprobs']!r}: use one of {_OLD_LOGPROBS}")
-    if r["generator_dtype"] is not None and r["generator_dtype"] not in _DTYPES:
-        problems.append(f"rollout.generator_dtype={r['generator_dtype']!r}: use null (model.params_dtype) "
-                        f"or one of {_DTYPES}")
+    if not CHOICES["rollout.placement"].holds(r["placement"]):
+        return problems  # reported with the other choices
     if r["placement"] == "colocated":
         if r["generator_ranks"]:
             problems.append(f"rollout.generator_ranks={r['generator_ranks']} needs rollout.placement=split "
@@ -498,24 +523,14 @@ def _algorithm_problems(values: dict) -> list[str]:
     a, t, task, m = values["algorithm"], values["train"], values["task"], values["model"]
     problems = []
     name = a["name"]
-    if name == "ppo" and a["scale_reward"] not in (None, "running"):
-        problems.append(f"algorithm.scale_reward={a['scale_reward']!r}: use null or 'running'")
     if name == "ilql":
         problems += _ilql_problems(a)
     if name in ("online_dpo", "rloo", "grpo") and a["samples_per_prompt"] < 2:
         problems.append(f"algorithm={name} compares the samples of a prompt: algorithm.samples_per_prompt="
                         f"{a['samples_per_prompt']} must be at least 2")
-    if name == "online_dpo" and a["loss_type"] not in _DPO_LOSSES:
-        problems.append(f"algorithm.loss_type={a['loss_type']!r}: use one of {_DPO_LOSSES}")
-    if name == "grpo" and a["loss_aggregation"] not in _LOSS_AGGREGATIONS:
-        problems.append(f"algorithm.loss_aggregation={a['loss_aggregation']!r}: use one of {_LOSS_AGGREGATIONS}")
-    if a["penalty_mode"] not in _PENALTY_MODES:
-        problems.append(f"algorithm.penalty_mode={a['penalty_mode']!r}: use one of {_PENALTY_MODES}")
     if a["num_layers_unfrozen"] < -1 or a["num_layers_unfrozen"] == 0:
         problems.append(f"algorithm.num_layers_unfrozen={a['num_layers_unfrozen']}: use -1 (train all "
                         f"layers) or 1..{m['num_layers']} (train the top layers, share the frozen trunk)")
-    if task["name"] not in _TASKS:
-        problems.append(f"task.name={task['name']!r}: use one of {_TASKS} (task=randomwalks, task=sentiment)")
     if task["sampling"]["temperature"] == 0:
         problems.append("task.sampling.temperature=0 samples greedily: an RL run needs samples that differ; "
                         "use a temperature > 0 (evaluations decode greedily with task.eval_greedy=true)")
@@ -536,8 +551,6 @@ _ONLINE_ONLY = ("prompts_per_step", "samples_per_prompt", "epochs", "minibatches
 
 
 def _ilql_problems(a: dict) -> list[str]:
-    from autorlhf_nemo.config.schema import ILQLConfig
-
     defaults = ILQLConfig()
     problems = [f"algorithm.{key}={a[key]!r} does not apply to algorithm=ilql (offline: each of train.total_steps "
                 f"optimizer steps trains on train.global_batch_size dataset rows): remove it"

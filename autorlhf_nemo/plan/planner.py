@@ -131,9 +131,7 @@ class Plan:
 
 def world_size_of(cfg: RootConfig) -> int:
     """parallel.world_size when set, else the Slurm allocation: nodes x GPUs per node."""
-    from autorlhf_nemo.slurm import allocated_world_size
-
-    return cfg.parallel.world_size or allocated_world_size(cfg)
+    return cfg.parallel.world_size or cfg.cluster.world_size()
 
 
 def plan_layout(cfg) -> Plan:
