@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh machine:
 #   make test   create .venv, install, run the whole test suite (what CI runs)
 #   make demo   the main job on the embedded default (see README.md)
+#   make docs   the configuration reference regenerated, the documentation site built into site/
 # CI's second stage (.ci/run, after make test):
 #   make test-py312   the second tested stack in .venv-py312 (Python 3.12, megatron-core 0.19,
 #                     nemo-toolkit 3.0, transformers 5, PyPI's CUDA torch): a subset of the suite
@@ -31,7 +32,7 @@ PY312_TESTS ?= tests/test_versions.py tests/test_cpu_compat.py tests/test_config
 	tests/test_async.py::test_split_resume_after_sigkill_at_staleness_0_continues_exactly \
 	tests/test_convert.py tests/test_smollm2.py tests/test_run_checkpoint.py tests/test_device_check.py
 
-.PHONY: install test demo clean install-py312 test-py312
+.PHONY: install test demo docs clean install-py312 test-py312
 
 install: $(VENV)/.installed
 
@@ -68,5 +69,11 @@ test-py312: install-py312
 demo: install
 	$(PY) -m autorlhf_nemo algorithm=ppo task=sentiment checkpoint.resume=false
 
+# The documentation site: the configuration reference regenerated from the schema, then
+# `mkdocs build --strict` into site/ (open site/index.html; `$(VENV)/bin/mkdocs serve` to browse live).
+docs: install
+	$(PY) -m autorlhf_nemo.docs
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict -d site
+
 clean:
-	rm -rf $(VENV) $(VENV312) *.egg-info .pytest_cache
+	rm -rf $(VENV) $(VENV312) *.egg-info .pytest_cache site
