@@ -22,7 +22,8 @@ PY312     := $(VENV312)/bin/python
 # (logits vs transformers 5, a training step, HF round trip, checkpoint resharding); a PPO step and
 # 2 steps of online DPO, RLOO and GRPO at TP1/TP2/PP2/DP2/TP2+SP; ILQL's CLI run and its resume
 # after SIGKILL; the split placement (weight sync between layouts; split = colocated; resume);
-# SmolLM2 from GGUF with its chat template; checkpoint failures; the device check.
+# SmolLM2 from GGUF with its chat template; checkpoint failures; the device check; one import
+# direction and the configuration reference as this stack generates it.
 PY312_TESTS ?= tests/test_versions.py tests/test_cpu_compat.py tests/test_config.py tests/test_layouts.py \
 	tests/test_training_step.py tests/test_ppo_step.py tests/test_algorithm_runs.py \
 	--deselect tests/test_algorithm_runs.py::test_online_dpo_learns_trlx_randomwalks_and_resumes \
@@ -30,7 +31,9 @@ PY312_TESTS ?= tests/test_versions.py tests/test_cpu_compat.py tests/test_config
 	tests/test_ilql.py::test_sigkill_then_resume_continues_exactly tests/test_placement.py \
 	tests/test_async.py::test_split_synchronous_run_equals_the_colocated_one \
 	tests/test_async.py::test_split_resume_after_sigkill_at_staleness_0_continues_exactly \
-	tests/test_convert.py tests/test_smollm2.py tests/test_run_checkpoint.py tests/test_device_check.py
+	tests/test_convert.py tests/test_smollm2.py tests/test_run_checkpoint.py tests/test_device_check.py \
+	tests/test_imports.py tests/test_docs.py::test_reference_is_current \
+	tests/test_docs.py::test_every_field_of_every_schema_has_a_description
 
 .PHONY: install test demo docs clean install-py312 test-py312
 
