@@ -68,9 +68,8 @@ def test_every_validation_rule_appears_in_the_reference():
     for name, rule in {**validate.RANGES, **validate.CHOICES, **shared}.items():
         assert name in rows, f"{name} has a validation rule but no row in the reference"
         assert str(rule).replace("|", "\\|") in rows[name].replace("&lt;", "<"), (name, rows[name])
-    own = {**validate.ALGORITHM_OWN_RANGES}
-    for algorithm, choices in validate.ALGORITHM_OWN_CHOICES.items():
-        own.setdefault(algorithm, {}).update(choices)
+    own = {a: {**validate.ALGORITHM_OWN_RANGES.get(a, {}), **validate.ALGORITHM_OWN_CHOICES.get(a, {})}
+           for a in {*validate.ALGORITHM_OWN_RANGES, *validate.ALGORITHM_OWN_CHOICES}}
     for algorithm, rules in own.items():
         section = text.split(f"### algorithm={algorithm}\n")[1].split("\n## ")[0].split("\n### ")[0]
         for key, rule in rules.items():

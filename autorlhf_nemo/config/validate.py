@@ -12,6 +12,7 @@ import dataclasses
 import math
 import os
 import typing
+from types import MappingProxyType
 from typing import Any, Mapping, Optional
 
 from omegaconf import DictConfig, OmegaConf
@@ -88,8 +89,13 @@ class Choices:
 
 DTYPES = ("float32", "bfloat16", "float16")
 
+
+def _frozen(tables: dict[str, dict]) -> Mapping[str, Mapping]:
+    """A read-only table of read-only tables: the rules below are shared by every caller."""
+    return MappingProxyType({key: MappingProxyType(table) for key, table in tables.items()})
+
 # The valid range of every numeric field, by dotted name (algorithm fields below).
-RANGES: dict[str, Range] = {
+RANGES: Mapping[str, Range] = MappingProxyType({
     "model.num_layers": _at_least(1),
     "model.hidden_size": _at_least(1),
     "model.ffn_hidden_size": _at_least(1),
@@ -147,20 +153,20 @@ RANGES: dict[str, Range] = {
     "rollout.generator_tensor_parallel_size": _at_least(1),
     "rollout.max_staleness": _at_least(0, note="0: on-policy"),
     "rollout.importance_clip": _at_least(1),
-}
+})
 
 # Every algorithm's (under algorithm.); num_layers_unfrozen (-1 or >= 1) is checked with the other
 # algorithm rules.
-ALGORITHM_RANGES: dict[str, Range] = {
+ALGORITHM_RANGES: Mapping[str, Range] = MappingProxyType({
     "prompts_per_step": _at_least(1),
     "samples_per_prompt": _at_least(1),
     "epochs": _at_least(1),
     "minibatches": _at_least(1),
     "missing_eos_penalty": _at_least(0, nullable=True, note="null: no penalty"),
-}
+})
 
 # Each algorithm's own (algorithm=<name>).
-ALGORITHM_OWN_RANGES: dict[str, dict[str, Range]] = {
+ALGORITHM_OWN_RANGES: Mapping[str, Mapping[str, Range]] = _frozen({
     "ppo": {"init_kl_coef": _at_least(0),
             "target_kl": _above(0, nullable=True, note="null for a fixed KL coefficient"),
             "kl_horizon": _at_least(1), "gamma": Range(0, 1), "lam": Range(0, 1),
@@ -177,10 +183,10 @@ ALGORITHM_OWN_RANGES: dict[str, dict[str, Range]] = {
              "head_width": _at_least(1, nullable=True, note="null: model.hidden_size"),
              "head_seed": _at_least(0),
              "report_beta": _at_least(0, nullable=True, note="null: the best of algorithm.betas")},
-}
+})
 
 # The valid values of every string field with a fixed set, by dotted name.
-CHOICES: dict[str, Choices] = {
+CHOICES: Mapping[str, Choices] = MappingProxyType({
     "model.params_dtype": Choices(DTYPES),
     "parallel.backend": Choices(("auto", "nccl", "gloo")),
     "train.optimizer": Choices(("adam", "sgd")),
@@ -190,13 +196,13 @@ CHOICES: dict[str, Choices] = {
     "rollout.placement": Choices(("colocated", "split")),
     "rollout.old_logprobs": Choices(("proximal", "behaviour")),
     "rollout.generator_dtype": Choices((None, *DTYPES), note="null: model.params_dtype"),
-}
-ALGORITHM_CHOICES: dict[str, Choices] = {"penalty_mode": Choices(("subtract", "replace"))}
-ALGORITHM_OWN_CHOICES: dict[str, dict[str, Choices]] = {
+})
+ALGORITHM_CHOICES: Mapping[str, Choices] = MappingProxyType({"penalty_mode": Choices(("subtract", "replace"))})
+ALGORITHM_OWN_CHOICES: Mapping[str, Mapping[str, Choices]] = _frozen({
     "ppo": {"scale_reward": Choices((None, "running"))},
     "online_dpo": {"loss_type": Choices(("sigmoid", "ipo"))},
     "grpo": {"loss_aggregation": Choices(("token", "sequence"))},
-}
+})
 
 
 def _rules(algorithm: Optional[str]) -> tuple[dict[str, Range], dict[str, Choices]]:
