@@ -23,9 +23,10 @@ from omegaconf import MISSING
 
 from autorlhf_nemo.config.compose import conf_dir
 from autorlhf_nemo.config.schema import ALGORITHMS, AlgorithmConfig, RootConfig
-from autorlhf_nemo.config.validate import field_rule
+from autorlhf_nemo.config.validate import ONLINE_ONLY, field_rule
 
-REFERENCE = Path(__file__).resolve().parents[1] / "docs" / "reference" / "config.md"
+SOURCE_TREE = Path(__file__).resolve().parents[1]
+REFERENCE = SOURCE_TREE / "docs" / "reference" / "config.md"
 # Hydra groups whose presets (conf/<group>/*.yaml) are listed with their section.
 PRESET_GROUPS = ("model", "parallel", "algorithm", "task")
 
@@ -150,8 +151,10 @@ def config_reference() -> str:
 def _algorithm_section() -> list[str]:
     """The options every algorithm shares, then each algorithm's own and the shared defaults it changes."""
     shared = {f.name for f in dataclasses.fields(AlgorithmConfig)}
+    offline = ", ".join(f"`{k}`" for k in ONLINE_ONLY)
     lines = [_doc(AlgorithmConfig), "", _presets("algorithm"), "", "Options of every algorithm "
-             "(defaults of the base; an algorithm's own defaults below):", ""]
+             "(defaults of the base; an algorithm's own defaults below). algorithm=ilql, offline, refuses "
+             f"the online ones set away from their defaults: {offline}.", ""]
     lines += _HEADER + _rows(AlgorithmConfig, "algorithm.", "ppo", only=shared - {"name"}) + [""]
     base = {f.name: _default(f) for f in dataclasses.fields(AlgorithmConfig)}
     for name, schema in ALGORITHMS.items():
@@ -171,8 +174,15 @@ def _algorithm_section() -> list[str]:
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m autorlhf_nemo.docs", description=__doc__.split("\n")[0])
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 when the file is stale")
-    parser.add_argument("--output", type=Path, default=REFERENCE, help=f"default: {REFERENCE}")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="default: docs/reference/config.md of the source checkout")
     args = parser.parse_args(argv)
+    if args.output is None:
+        if not (SOURCE_TREE / "mkdocs.yml").exists():
+            print(f"autorlhf_nemo.docs: {SOURCE_TREE} is not a source checkout (no mkdocs.yml): run this from "
+                  f"a clone (pip install -e .), or pass --output", file=sys.stderr)
+            return 2
+        args.output = REFERENCE
     try:
         text = config_reference()
     except MissingDescription as error:

@@ -126,6 +126,7 @@ BAD_CONFIGS = [
     (["algorithm=ppo", "task=randomwalks", "algorithm.num_layers_unfrozen=0"], 1,
      ["num_layers_unfrozen=0", "-1 (train all layers)", "1..4"]),
     (["algorithm=ppo", "task.name=chess"], 1, ["task.name='chess'", "randomwalks"]),
+    (["task.name=chess"], 1, ["task.name='chess'", "randomwalks"]),   # checked without an algorithm too
     (["algorithm=ppo", "algorithm.target_kl=0"], 1, ["target_kl=0", "null for a fixed KL"]),
     (["algorithm=ppo", "algorithm.scale_reward=std"], 1, ["scale_reward='std'", "'running'"]),
     (["algorithm=ppo", "train.lr_decay_style=step"], 1, ["lr_decay_style='step'", "cosine"]),

@@ -75,6 +75,7 @@ def test_every_validation_rule_appears_in_the_reference():
         for key, rule in rules.items():
             assert f"| `algorithm.{key}` |" in section and str(rule) in section, (algorithm, key)
     assert rows["train.min_lr"].count("in [0, train.lr]") == 1
+    assert validate.field_rule("train.min_lr").holds(0.5) and not validate.field_rule("train.lr").holds(0)
 
 
 def test_check_flags_a_stale_file(tmp_path, capsys):
@@ -86,6 +87,12 @@ def test_check_flags_a_stale_file(tmp_path, capsys):
                          capture_output=True, text=True, cwd=REPO, timeout=120)
     assert out.returncode == 0, out.stderr
     assert docs.main(["--check", "--output", str(stale)]) == 0
+
+
+def test_outside_a_source_checkout_the_output_must_be_named(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(docs, "SOURCE_TREE", tmp_path)
+    assert docs.main([]) == 2
+    assert "not a source checkout" in capsys.readouterr().err and not list(tmp_path.iterdir())
 
 
 def _mkdocs_build(root: Path, site: Path) -> subprocess.CompletedProcess:
@@ -103,25 +110,45 @@ def test_mkdocs_site_builds_strict(tmp_path):
     assert (tmp_path / "site" / "algorithms" / "index.html").exists()
 
 
-def test_mkdocs_strict_fails_on_a_broken_link_and_a_page_left_out_of_the_nav(tmp_path):
-    """The guard above can fail: the same site with one broken anchor and one page missing from
-    the navigation does not build."""
+@pytest.mark.parametrize("fault,expected", [
+    ("orphan", 'not included in the "nav" configuration'),
+    ("anchor", "no-such-heading"),
+])
+def test_mkdocs_strict_fails_on_a_page_left_out_of_the_nav_or_a_broken_anchor(tmp_path, fault, expected):
+    """The guard above can fail: the same site with a page missing from the navigation, or with a
+    link to a heading that does not exist, does not build."""
     copy = tmp_path / "repo"
     shutil.copytree(REPO / "docs", copy / "docs")
     shutil.copy(REPO / "mkdocs.yml", copy / "mkdocs.yml")
-    (copy / "docs" / "orphan.md").write_text("# Orphan\n\nSee [the algorithms](algorithms.md#no-such-heading).\n")
+    if fault == "orphan":
+        (copy / "docs" / "orphan.md").write_text("# Orphan\n\nSee [the algorithms](algorithms.md).\n")
+    else:
+        with open(copy / "docs" / "index.md", "a") as index:
+            index.write("\nSee [PPO](algorithms.md#no-such-heading).\n")
     out = _mkdocs_build(copy, tmp_path / "site")
     log = out.stdout + out.stderr
-    assert out.returncode != 0
-    assert "orphan.md" in log and "no-such-heading" in log, log
+    assert out.returncode != 0 and expected in log, log
+
+
+def _anchors(page: Path) -> set[str]:
+    """The heading ids MkDocs gives a page (Python-Markdown's toc slugify of the heading's text)."""
+    from markdown.extensions.toc import slugify
+
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)   # no headings inside code blocks
+    return {slugify(h.replace("`", ""), "-") for h in re.findall(r"^#+ (.+)$", text, re.M)}
 
 
 def test_readme_links_resolve():
-    """README.md's relative links point at files of the repository (the docs pages included)."""
+    """README.md's relative links point at files of the repository (the docs pages included) and,
+    with an anchor, at a heading of that page; the front door stays short."""
     text = (REPO / "README.md").read_text()
-    targets = re.findall(r"\]\(([^)\s]+)\)", text)
-    local = [t.split("#")[0] for t in targets if not re.match(r"[a-z]+:", t) and not t.startswith("#")]
-    assert local, "README.md links no page"
-    missing = [t for t in local if t and not (REPO / t).exists()]
+    targets = [t for t in re.findall(r"\]\(([^)\s]+)\)", text) if not re.match(r"[a-z]+:", t)]
+    assert any(t.startswith("docs/") for t in targets), "README.md links no docs page"
+    missing = [t for t in targets if not (REPO / t.split("#")[0]).exists()]
     assert not missing, f"README.md links to files that do not exist: {missing}"
-    assert len((REPO / "README.md").read_text().splitlines()) <= 300
+    anchored = [t.split("#") for t in targets if "#" in t]
+    assert anchored, "README.md links no heading (the anchor check would check nothing)"
+    broken = [f"{page}#{anchor}" for page, anchor in anchored if anchor not in _anchors(REPO / page)]
+    assert not broken, f"README.md links to headings that do not exist: {broken}"
+    assert "running-on-a-gpu-the-smoke-script" in _anchors(REPO / "docs" / "testing.md")
+    assert len(text.splitlines()) <= 300

@@ -23,7 +23,7 @@ class ModelConfig:
     """A Llama-family decoder (RMSNorm, SwiGLU, RoPE, grouped-query attention)."""
 
     name: str = MISSING
-    """The model's name: run_dir's default and the logs' label (conf/model/<name>.yaml sets it)."""
+    """The model's name: run_dir's default and the planner's label (conf/model/<name>.yaml sets it)."""
     num_layers: int = MISSING
     """Transformer layers."""
     hidden_size: int = MISSING
@@ -92,9 +92,11 @@ class TrainConfig:
     micro_batch_size: int = 1
     """Sequences per forward/backward pass on one data-parallel rank."""
     global_batch_size: int = 8
-    """Sequences per optimizer step over all data-parallel ranks (layout smoke job and ILQL)."""
+    """Sequences per optimizer step over all data-parallel ranks: ILQL's batch (the online algorithms'
+    come from algorithm.prompts_per_step); the planner budgets with it."""
     seq_length: int = 128
-    """Tokens per training sequence (padded or cut to it)."""
+    """Longest training sequence: what the planner budgets activations for; ILQL rows longer than it are
+    an error (or dropped with algorithm.drop_bad_rows). Online batches are as long as their longest row."""
     optimizer: str = "adam"
     """Optimizer (Megatron's; adam is AdamW with weight_decay)."""
     lr: float = 1.0e-5
@@ -118,7 +120,7 @@ class TrainConfig:
     lr_decay_steps: Optional[int] = None
     """Optimizer step where the decay reaches min_lr; null: the run's last step."""
     total_steps: int = 100
-    """RL iterations (generate, score, learn) of an algorithm run; optimizer steps of ILQL and the smoke job."""
+    """RL iterations (generate, score, learn) of an online algorithm run; optimizer steps of ILQL."""
     eval_every: int = 0
     """Evaluate on the task's held-out prompts every N steps; 0: only first and last."""
     recompute: Optional[str] = None
@@ -164,8 +166,8 @@ class AlgorithmConfig:
     minibatches: int = 1
     """Optimizer steps per pass (each on an equal share of the step's prompts)."""
     num_layers_unfrozen: int = -1
-    """Reference model: the top layers are trained and copied for the reference, the frozen trunk below
-    is shared; -1: all layers trained, the reference is a full copy."""
+    """-1, or 1..model.num_layers: the top layers are trained and copied for the reference, the frozen trunk
+    below is shared; -1: all layers trained, the reference is a full copy."""
     cache_frozen_trunk: bool = True
     """With a frozen trunk (and PP=1): run it once per rollout and reuse its output for the reference
     and every learning epoch (trlX's hydra forward); false: full forwards."""
@@ -490,8 +492,8 @@ class RootConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     """Batch geometry, optimizer and schedule."""
     algorithm: Optional[AlgorithmConfig] = None
-    """null: only the layout smoke job (parameter counts, LM loss); an algorithm (algorithm=<name>):
-    an RL run, whose schema is that algorithm's dataclass."""
+    """null: only the layout smoke job (builds the model at the layout and prints parameter counts per
+    rank); an algorithm (algorithm=<name>): an RL run, whose schema is that algorithm's dataclass."""
     task: TaskConfig = field(default_factory=TaskConfig)
     """The RL task (task=<name>: conf/task)."""
     rollout: RolloutConfig = field(default_factory=RolloutConfig)

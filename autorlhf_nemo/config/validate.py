@@ -46,8 +46,8 @@ class Range:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             return False  # NaN and infinities too
         high = self.high
-        if isinstance(high, str):
-            bound = _lookup(values, high)
+        if isinstance(high, str):  # another field: no bound without the config's values
+            bound = _lookup(values, high) if values is not None else None
             high = bound if Range(0, low_open=True).holds(bound) else math.inf
         above = self.low < value if self.low_open else self.low <= value
         below = value < high if self.high_open else value <= high
@@ -111,7 +111,7 @@ RANGES: Mapping[str, Range] = MappingProxyType({
     "model.init_method_std": _above(0),
     "parallel.tensor_model_parallel_size": _at_least(1),
     "parallel.pipeline_model_parallel_size": _at_least(1),
-    "parallel.context_parallel_size": _at_least(1),
+    "parallel.context_parallel_size": _at_least(1, note="only 1 until context parallelism is implemented"),
     "parallel.world_size": _at_least(1, nullable=True, note="null: the launcher's WORLD_SIZE"),
     "parallel.timeout_minutes": _at_least(1),
     "train.seed": Range(0, 2**32 - 1, note="numpy's seed range"),
@@ -131,7 +131,7 @@ RANGES: Mapping[str, Range] = MappingProxyType({
     "train.eval_every": _at_least(0, note="0: first and last step only"),
     "task.sampling.max_new_tokens": _at_least(1),
     "task.sampling.min_new_tokens": Range(0, "task.sampling.max_new_tokens"),
-    "task.sampling.temperature": _at_least(0, note="0: greedy"),
+    "task.sampling.temperature": _at_least(0, note="0: greedy, which an RL run refuses"),
     "task.sampling.top_k": Range(0, "model.vocab_size", note="0: off"),
     "task.sampling.top_p": Range(0, 1, low_open=True, note="1: off"),
     "task.num_eval_prompts": _at_least(1),
@@ -159,7 +159,7 @@ RANGES: Mapping[str, Range] = MappingProxyType({
 # algorithm rules.
 ALGORITHM_RANGES: Mapping[str, Range] = MappingProxyType({
     "prompts_per_step": _at_least(1),
-    "samples_per_prompt": _at_least(1),
+    "samples_per_prompt": _at_least(1, note="at least 2 for online_dpo, rloo and grpo"),
     "epochs": _at_least(1),
     "minibatches": _at_least(1),
     "missing_eos_penalty": _at_least(0, nullable=True, note="null: no penalty"),
@@ -552,7 +552,7 @@ def _algorithm_problems(values: dict) -> list[str]:
 
 
 # Online fields that an offline algorithm has no use for: set, they would mislead.
-_ONLINE_ONLY = ("prompts_per_step", "samples_per_prompt", "epochs", "minibatches", "missing_eos_penalty",
+ONLINE_ONLY = ("prompts_per_step", "samples_per_prompt", "epochs", "minibatches", "missing_eos_penalty",
                 "penalty_mode", "offload_reference")
 
 
@@ -560,7 +560,7 @@ def _ilql_problems(a: dict) -> list[str]:
     defaults = ILQLConfig()
     problems = [f"algorithm.{key}={a[key]!r} does not apply to algorithm=ilql (offline: each of train.total_steps "
                 f"optimizer steps trains on train.global_batch_size dataset rows): remove it"
-                for key in _ONLINE_ONLY if a[key] != getattr(defaults, key)]
+                for key in ONLINE_ONLY if a[key] != getattr(defaults, key)]
     betas = a["betas"]
     if not betas or any(not _at_least(0).holds(b) for b in betas):
         problems.append(f"algorithm.betas={betas}: give one or more decoding strengths >= 0 (0: the policy alone)")
