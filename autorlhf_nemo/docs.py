@@ -129,7 +129,7 @@ def config_reference() -> str:
         "schema's; the presets, `conf/config.yaml` (model `tiny_llama`, parallel `single`) and",
         "`conf/task_algorithm/<task>_<algorithm>.yaml` override some. *allowed* is what validation accepts",
         "(`autorlhf_nemo/config/validate.py`, checked before any process starts); the layout and batch rules",
-        "that tie options together are listed in [Configuration](../configuration.md).",
+        "that tie options together are listed in [Configuration: Validation](../configuration.md#validation).",
         "",
     ]
     for f in dataclasses.fields(RootConfig):
