@@ -20,6 +20,10 @@ INSTALL_REQUIRES = [
     "omegaconf>=2.3,<2.4",
     "transformers>=4.57,<4.58; python_version < '3.12'",
     "transformers>=5,<6; python_version >= '3.12'",
+    # Datasets (data/loader.py): 5.0.x is the newest line that accepts transformers 4.57's
+    # huggingface-hub < 1.0; 5.2 needs huggingface-hub >= 1.31, which transformers 5 brings.
+    "datasets>=5.0,<5.1; python_version < '3.12'",
+    "datasets>=5.2,<5.3; python_version >= '3.12'",
     "safetensors>=0.4",
     "gguf>=0.10",
     "accelerate>=0.34",
