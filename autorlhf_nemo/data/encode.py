@@ -1,0 +1,83 @@
+"""Token ids and loss masks of the loader's rows (data/loader.py), by one rule for every type.
+
+Standard rows (strings) are encoded piece by piece, as the sampler sees them: the prompt
+alone (``add_special_tokens=False``, the rule of ``tasks.TokenizerCodec``), then the response,
+then EOS. Conversational rows (message lists) go through the tokenizer's chat template, and
+every sequence ends at its final EOS: what a template renders after it (SmolLM2's adds a
+newline) is dropped. So the prompt rendered with the generation prompt, followed by the
+response and EOS, is exactly ``template(prompt + [assistant message])``; a template that
+renders a prompt differently once a reply follows is refused (its spans would be wrong).
+
+Each encoding is ``(ids, mask)``: ``mask[i]`` is 1 where token ``ids[i]`` is trained (predicted
+from the tokens before it): the response and its EOS; for a ``messages`` row every assistant
+turn (found by rendering the conversation turn by turn: SmolLM2's template has no generation
+markers); for ``text`` every token after the first.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from autorlhf_nemo.data.loader import DataError
+from autorlhf_nemo.versions import chat_prompt_ids
+
+
+def _eos(tokenizer) -> int:
+    if tokenizer.eos_token_id is None:
+        raise DataError("the tokenizer has no EOS token: a sequence could not end")
+    return tokenizer.eos_token_id
+
+
+def _through_final_eos(ids: list[int], eos: int, what: str) -> list[int]:
+    """``ids`` up to and including their last EOS."""
+    if eos not in ids:
+        raise DataError(f"the chat template rendered {what} without an EOS token: it cannot end a response")
+    return ids[: len(ids) - ids[::-1].index(eos)]
+
+
+def _render(tokenizer, messages: Sequence[dict], *, reply_follows: bool) -> list[int]:
+    """The template's ids of ``messages``: ready for the assistant's reply (generation prompt), or
+    ending with the last message's EOS."""
+    if reply_follows:
+        return chat_prompt_ids(tokenizer, list(messages), add_generation_prompt=True)
+    return _through_final_eos(chat_prompt_ids(tokenizer, list(messages), add_generation_prompt=False),
+                              _eos(tokenizer), "a conversation")
+
+
+def encode_prompt_response(tokenizer, prompt: Any, response: Any) -> tuple[list[int], list[int]]:
+    """(ids, mask) of a prompt and its response (a completion, or one side of a pair): strings,
+    or message lists (the response being the assistant's turn)."""
+    eos = _eos(tokenizer)
+    if isinstance(prompt, str):
+        head = tokenizer(prompt, add_special_tokens=False).input_ids
+        tail = tokenizer(response, add_special_tokens=False).input_ids + [eos]
+        return head + tail, [0] * len(head) + [1] * len(tail)
+    head = _render(tokenizer, prompt, reply_follows=True)
+    whole = _render(tokenizer, [*prompt, *response], reply_follows=False)
+    if whole[: len(head)] != head or len(whole) == len(head):
+        raise DataError("the chat template renders the prompt differently once a reply follows: the response's "
+                        "tokens cannot be told apart; use a template whose prompt is a prefix of the conversation")
+    return whole, [0] * len(head) + [1] * (len(whole) - len(head))
+
+
+def encode_messages(tokenizer, messages: Sequence[dict]) -> tuple[list[int], list[int]]:
+    """(ids, mask) of a conversation: every assistant turn (with its EOS) trained."""
+    whole = _render(tokenizer, messages, reply_follows=False)
+    mask = [0] * len(whole)
+    turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    if not turns:
+        raise DataError("a 'messages' row has no assistant turn: there is nothing to train on")
+    for i in turns:
+        start = _render(tokenizer, messages[:i], reply_follows=True) if i else []
+        end = _render(tokenizer, messages[: i + 1], reply_follows=False)
+        if whole[: len(start)] != start or whole[: len(end)] != end:
+            raise DataError(f"the chat template renders turns 0..{i} differently from the whole conversation: "
+                            f"assistant turn {i}'s tokens cannot be located")
+        mask[len(start): len(end)] = [1] * (len(end) - len(start))
+    return whole, mask
+
+
+def encode_text(tokenizer, text: str) -> tuple[list[int], list[int]]:
+    """(ids, mask) of plain text for language modelling: EOS appended, every token after the first trained."""
+    ids = tokenizer(text, add_special_tokens=False).input_ids + [_eos(tokenizer)]
+    return ids, [0] + [1] * (len(ids) - 1)

@@ -1,0 +1,69 @@
+"""Token ids and loss masks of dataset rows (data/encode.py) with SmolLM2's real tokenizer and
+chat template: the response and its EOS are trained, nothing the template renders after the
+final EOS is kept, and every assistant turn of a conversation is found."""
+
+import copy
+
+import pytest
+from transformers import AutoTokenizer
+
+from autorlhf_nemo.convert.smollm2 import ensure_checkpoint
+from autorlhf_nemo.data.encode import encode_messages, encode_prompt_response, encode_text
+from autorlhf_nemo.data.loader import DataError
+from autorlhf_nemo.versions import chat_prompt_ids
+
+USER = {"role": "user", "content": "Hi"}
+REPLY = {"role": "assistant", "content": "Hello! How can I help?"}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(ensure_checkpoint())
+
+
+def _trained(tokenizer, ids, mask):
+    return tokenizer.decode([i for i, m in zip(ids, mask) if m])
+
+
+def test_standard_prompt_and_response_are_encoded_apart_then_eos(tokenizer):
+    ids, mask = encode_prompt_response(tokenizer, "Review of Dune:", " A classic.")
+    head = tokenizer("Review of Dune:", add_special_tokens=False).input_ids
+    assert ids == head + tokenizer(" A classic.", add_special_tokens=False).input_ids + [2]
+    assert mask == [0] * len(head) + [1] * (len(ids) - len(head))
+    assert _trained(tokenizer, ids, mask) == " A classic.<|im_end|>"
+
+
+def test_chat_response_is_the_generation_prompt_then_the_reply_then_eos(tokenizer):
+    ids, mask = encode_prompt_response(tokenizer, [USER], [REPLY])
+    head = chat_prompt_ids(tokenizer, [USER])
+    # the issue's identity: prompt with generation prompt + completion + EOS == template(prompt + reply), cut at EOS
+    assert ids == head + tokenizer(REPLY["content"], add_special_tokens=False).input_ids + [2]
+    assert ids == chat_prompt_ids(tokenizer, [USER, REPLY], add_generation_prompt=False)[:-1]   # the "\n" dropped
+    assert _trained(tokenizer, ids, mask) == REPLY["content"] + "<|im_end|>" and mask[: len(head)] == [0] * len(head)
+
+
+def test_every_assistant_turn_of_a_conversation_is_trained(tokenizer):
+    second = {"role": "assistant", "content": "Goodbye."}
+    messages = [USER, REPLY, {"role": "user", "content": "Bye"}, second]
+    ids, mask = encode_messages(tokenizer, messages)
+    assert tokenizer.decode(ids).endswith("Goodbye.<|im_end|>")
+    assert _trained(tokenizer, ids, mask) == REPLY["content"] + "<|im_end|>" + "Goodbye.<|im_end|>"
+    assert sum(mask) == len(tokenizer(REPLY["content"]).input_ids) + len(tokenizer("Goodbye.").input_ids) + 2
+    with pytest.raises(DataError, match="no assistant turn"):
+        encode_messages(tokenizer, [USER])
+
+
+def test_text_trains_every_token_after_the_first(tokenizer):
+    ids, mask = encode_text(tokenizer, "The sky is blue.")
+    assert ids[-1] == 2 and mask == [0] + [1] * (len(ids) - 1)
+
+
+def test_a_template_that_renders_the_prompt_differently_once_a_reply_follows_is_refused(tokenizer):
+    odd = copy.deepcopy(tokenizer)
+    odd.chat_template = ("{% for m in messages %}{% if loop.last and m.role == 'assistant' %}<|im_start|>final\n"
+                         "{% else %}<|im_start|>{{ m.role }}\n{% endif %}{{ m.content }}<|im_end|>\n{% endfor %}"
+                         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    with pytest.raises(DataError, match="renders the prompt differently once a reply follows"):
+        encode_prompt_response(odd, [USER], [REPLY])
+    with pytest.raises(DataError, match="assistant turn 1's tokens cannot be located"):
+        encode_messages(odd, [USER, REPLY, USER, REPLY])
