@@ -8,7 +8,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from autorlhf_nemo.convert.smollm2 import ensure_checkpoint
-from autorlhf_nemo.data.encode import encode_messages, encode_prompt_response, encode_text
+from autorlhf_nemo.data.encode import encode_messages, encode_prompt_response, encode_text, fit_prompt_responses
 from autorlhf_nemo.data.loader import DataError
 from autorlhf_nemo.versions import chat_prompt_ids
 
@@ -67,3 +67,31 @@ def test_a_template_that_renders_the_prompt_differently_once_a_reply_follows_is_
         encode_prompt_response(odd, [USER], [REPLY])
     with pytest.raises(DataError, match="assistant turn 1's tokens cannot be located"):
         encode_messages(odd, [USER, REPLY, USER, REPLY])
+
+
+def test_long_prompts_lose_their_start_and_responses_are_never_cut(tokenizer):
+    prompt, chosen, rejected = "one two three four five six seven eight nine ten", " yes.", " no thanks."
+    whole = [encode_prompt_response(tokenizer, prompt, r) for r in (chosen, rejected)]
+    longest = max(len(ids) for ids, _ in whole)
+    assert fit_prompt_responses(tokenizer, prompt, [chosen, rejected], longest) == (whole, False)
+    fitted, cut = fit_prompt_responses(tokenizer, prompt, [chosen, rejected], longest - 3)
+    assert cut and max(len(ids) for ids, _ in fitted) == longest - 3
+    for (ids, mask), (full, full_mask) in zip(fitted, whole):
+        assert full[-len(ids):] == ids and full_mask[-len(mask):] == mask      # the prompt's start went
+        assert sum(mask) == sum(full_mask)                                     # the responses are whole
+    reply = sum(whole[1][1])
+    assert fit_prompt_responses(tokenizer, prompt, [chosen, rejected], reply) == "response_too_long"
+    assert fit_prompt_responses(tokenizer, prompt, [chosen, rejected], reply + 1)[1] is True
+
+
+def test_long_conversations_lose_whole_earliest_turns(tokenizer):
+    system = {"role": "system", "content": "Be brief."}
+    old = [{"role": "user", "content": "Tell me a long story about the sea. " * 5},
+           {"role": "assistant", "content": "Once upon a time, the sea was calm. " * 5}]
+    prompt = [system, *old, USER]
+    full = encode_prompt_response(tokenizer, prompt, [REPLY])
+    short = encode_prompt_response(tokenizer, [system, USER], [REPLY])
+    fitted, cut = fit_prompt_responses(tokenizer, prompt, [[REPLY]], len(short[0]))
+    assert cut and fitted == [short] and len(full[0]) > len(short[0])      # both old turns went, system kept
+    assert fit_prompt_responses(tokenizer, prompt, [[REPLY]], len(short[0]) - 1) == "prompt_too_long"
+    assert fit_prompt_responses(tokenizer, prompt, [[REPLY]], sum(short[1])) == "response_too_long"

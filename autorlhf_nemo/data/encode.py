@@ -81,3 +81,38 @@ def encode_text(tokenizer, text: str) -> tuple[list[int], list[int]]:
     """(ids, mask) of plain text for language modelling: EOS appended, every token after the first trained."""
     ids = tokenizer(text, add_special_tokens=False).input_ids + [_eos(tokenizer)]
     return ids, [0] + [1] * (len(ids) - 1)
+
+
+# Why a row could not be fitted into data.max_length (counted and reported by the caller).
+TOO_LONG = ("response_too_long", "prompt_too_long")
+
+
+def fit_prompt_responses(tokenizer, prompt: Any, responses: Sequence[Any],
+                         max_length: int) -> tuple[list[tuple[list[int], list[int]]], bool] | str:
+    """The encodings of ``prompt`` with each of ``responses`` (a completion, or a chosen and a
+    rejected reply), all within ``max_length`` tokens, and whether the prompt was shortened; or
+    the reason (one of TOO_LONG) why they cannot fit.
+
+    Responses are never cut. A string prompt keeps its last tokens; a message-list prompt loses
+    whole messages from its start (a system message stays), never starting on an assistant turn.
+    """
+    encodings = [encode_prompt_response(tokenizer, prompt, r) for r in responses]
+    if max(len(ids) for ids, _ in encodings) <= max_length:
+        return encodings, False
+    longest_reply = max(sum(mask) for _, mask in encodings)
+    if isinstance(prompt, str):
+        head = len(tokenizer(prompt, add_special_tokens=False).input_ids)
+        budget = max_length - longest_reply
+        if budget < 1:
+            return "response_too_long"
+        return [(ids[head - budget:], mask[head - budget:]) for ids, mask in encodings], True
+    system = list(prompt[:1]) if prompt[0]["role"] == "system" else []
+    turns = list(prompt[len(system):])
+    while len(turns) > 1:
+        turns = turns[1:]
+        while len(turns) > 1 and turns[0]["role"] == "assistant":
+            turns = turns[1:]
+        encodings = [encode_prompt_response(tokenizer, [*system, *turns], r) for r in responses]
+        if max(len(ids) for ids, _ in encodings) <= max_length:
+            return encodings, True
+    return "response_too_long" if longest_reply >= max_length else "prompt_too_long"
