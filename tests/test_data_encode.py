@@ -95,3 +95,50 @@ def test_long_conversations_lose_whole_earliest_turns(tokenizer):
     assert cut and fitted == [short] and len(full[0]) > len(short[0])      # both old turns went, system kept
     assert fit_prompt_responses(tokenizer, prompt, [[REPLY]], len(short[0]) - 1) == "prompt_too_long"
     assert fit_prompt_responses(tokenizer, prompt, [[REPLY]], sum(short[1])) == "response_too_long"
+
+
+def test_rows_of_every_type_are_encoded_and_the_misfits_counted(tokenizer):
+    import datasets
+
+    from autorlhf_nemo.data.encode import encode_rows
+
+    long = " and".join(["a very long answer"] * 40)
+    pairs = datasets.Dataset.from_list([{"prompt": "Q:", "chosen": " yes.", "rejected": " no."},
+                                        {"prompt": "Q:", "chosen": long, "rejected": " no."}])
+    out = encode_rows(tokenizer, pairs, "preference", 64)
+    assert out.counts == {"kept": 1, "prompt_truncated": 0, "response_too_long": 1, "prompt_too_long": 0}
+    assert _trained(tokenizer, *out.rows[0]["chosen"]) == " yes.<|im_end|>"
+    assert _trained(tokenizer, *out.rows[0]["rejected"]) == " no.<|im_end|>"
+
+    implicit = datasets.Dataset.from_list([{"chosen": "The sky is blue.", "rejected": "The sky is green."}])
+    row = encode_rows(tokenizer, implicit, "implicit_preference", 64).rows[0]
+    assert tokenizer.decode(row["chosen"][0]) == "The sky is blue.<|im_end|>"
+    assert _trained(tokenizer, *row["rejected"]) == " green.<|im_end|>"
+
+    chats = datasets.Dataset.from_list([{"messages": [USER, REPLY]}] * 2)
+    out = encode_rows(tokenizer, chats, "chat", 128)
+    assert out.counts["kept"] == 2 and _trained(tokenizer, *out.rows[1]["sequence"]) == REPLY["content"] + "<|im_end|>"
+
+    prompts = datasets.Dataset.from_list([{"prompt": "Write a review:"}, {"prompt": long}])
+    out = encode_rows(tokenizer, prompts, "prompt_only", 32)
+    assert out.counts["prompt_too_long"] == 1 and out.rows == [{"prompt": tokenizer("Write a review:").input_ids}]
+
+    texts = datasets.Dataset.from_list([{"text": "short."}, {"text": long}])
+    assert encode_rows(tokenizer, texts, "language_modeling", 32).counts["response_too_long"] == 1
+
+
+def test_a_long_conversation_keeps_its_system_message_and_last_exchange(tokenizer):
+    import datasets
+
+    from autorlhf_nemo.data.encode import encode_rows
+
+    system = {"role": "system", "content": "Be brief."}
+    old = [{"role": "user", "content": "Tell me about the sea. " * 5},
+           {"role": "assistant", "content": "The sea is wide. " * 5}]
+    short = encode_messages(tokenizer, [system, USER, REPLY])
+    table = datasets.Dataset.from_list([{"messages": [system, *old, USER, REPLY]}])
+    out = encode_rows(tokenizer, table, "chat", len(short[0]))
+    assert out.rows == [{"sequence": short}] and out.counts["prompt_truncated"] == 1
+    out = encode_rows(tokenizer, table, "chat", len(short[0]) - 1)     # never the reply without its question
+    assert out.rows == [] and out.counts["prompt_too_long"] == 1
+    assert encode_rows(tokenizer, table, "chat", sum(short[1])).counts["response_too_long"] == 1

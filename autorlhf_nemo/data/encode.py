@@ -16,9 +16,10 @@ markers); for ``text`` every token after the first.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Sequence
 
-from autorlhf_nemo.data.loader import DataError
+from autorlhf_nemo.data.loader import DataError, extract_prompt
 from autorlhf_nemo.versions import chat_prompt_ids
 
 
@@ -106,7 +107,7 @@ def fit_prompt_responses(tokenizer, prompt: Any, responses: Sequence[Any],
         if budget < 1:
             return "response_too_long"
         return [(ids[head - budget:], mask[head - budget:]) for ids, mask in encodings], True
-    system = list(prompt[:1]) if prompt[0]["role"] == "system" else []
+    system = list(prompt[:1]) if prompt and prompt[0]["role"] == "system" else []
     turns = list(prompt[len(system):])
     while len(turns) > 1:
         turns = turns[1:]
@@ -116,3 +117,70 @@ def fit_prompt_responses(tokenizer, prompt: Any, responses: Sequence[Any],
         if max(len(ids) for ids, _ in encodings) <= max_length:
             return encodings, True
     return "response_too_long" if longest_reply >= max_length else "prompt_too_long"
+
+
+def _fit_messages(tokenizer, messages: Sequence[dict], max_length: int) -> tuple[tuple[list[int], list[int]], bool] | str:
+    """A conversation within ``max_length``: whole earliest messages dropped (a system message
+    stays, never starting on an assistant turn) while an assistant turn remains; or the reason
+    the last exchange does not fit (its assistant turns alone, or with the prompt before them)."""
+    encoded = encode_messages(tokenizer, messages)
+    if len(encoded[0]) <= max_length:
+        return encoded, False
+    system = list(messages[:1]) if messages[0]["role"] == "system" else []
+    turns = list(messages[len(system):])
+    while True:
+        turns = turns[1:]
+        while turns and turns[0]["role"] == "assistant":
+            turns = turns[1:]
+        if not any(m["role"] == "assistant" for m in turns):
+            break
+        encoded = encode_messages(tokenizer, [*system, *turns])
+        if len(encoded[0]) <= max_length:
+            return encoded, True
+    return "response_too_long" if sum(encoded[1]) >= max_length else "prompt_too_long"
+
+
+@dataclass
+class EncodedRows:
+    """A split's rows as token ids and loss masks, and what fitting them into max_length did."""
+
+    rows: list[dict]            # per row: {"prompt": ids} (prompt_only), {"sequence": (ids, mask)}
+                                # (completion, chat, text) or {"chosen": (ids, mask), "rejected": (ids, mask)}
+    counts: dict[str, int]      # kept, prompt_truncated, and each reason of TOO_LONG
+
+
+def encode_rows(tokenizer, table: Any, kind: str, max_length: int) -> EncodedRows:
+    """Encode every row of a loaded split (``loader.Splits.train`` or ``.eval``) of type ``kind``."""
+    rows, counts = [], {"kept": 0, "prompt_truncated": 0, **{reason: 0 for reason in TOO_LONG}}
+    for row in table:
+        if kind == "prompt_only":
+            prompt = row["prompt"]
+            ids = (tokenizer(prompt, add_special_tokens=False).input_ids if isinstance(prompt, str)
+                   else _render(tokenizer, prompt, reply_follows=True))
+            fitted = ({"prompt": ids}, False) if len(ids) < max_length else "prompt_too_long"
+        elif kind == "chat":
+            fitted = _fit_messages(tokenizer, row["messages"], max_length)
+            fitted = fitted if isinstance(fitted, str) else ({"sequence": fitted[0]}, fitted[1])
+        elif kind == "language_modeling":
+            encoded = encode_text(tokenizer, row["text"])
+            fitted = ({"sequence": encoded}, False) if len(encoded[0]) <= max_length else "response_too_long"
+        else:
+            if kind == "implicit_preference":
+                prompt, chosen, rejected = extract_prompt(row["chosen"], row["rejected"])
+                responses = [chosen, rejected]
+            elif kind == "preference":
+                prompt, responses = row["prompt"], [row["chosen"], row["rejected"]]
+            else:
+                prompt, responses = row["prompt"], [row["completion"]]
+            fitted = fit_prompt_responses(tokenizer, prompt, responses, max_length)
+            if not isinstance(fitted, str):
+                encodings, cut = fitted
+                names = ("chosen", "rejected") if len(encodings) == 2 else ("sequence",)
+                fitted = (dict(zip(names, encodings)), cut)
+        if isinstance(fitted, str):
+            counts[fitted] += 1
+            continue
+        rows.append(fitted[0])
+        counts["kept"] += 1
+        counts["prompt_truncated"] += int(fitted[1])
+    return EncodedRows(rows, counts)
