@@ -158,14 +158,13 @@ def _algorithm_section() -> list[str]:
     lines += _HEADER + _rows(AlgorithmConfig, "algorithm.", "ppo", only=shared - {"name"}) + [""]
     base = {f.name: _default(f) for f in dataclasses.fields(AlgorithmConfig)}
     for name, schema in ALGORITHMS.items():
-        changed = {f.name for f in dataclasses.fields(schema)
-                   if f.name in shared and f.name != "name" and _default(f) != base[f.name]}
-        own = {f.name for f in dataclasses.fields(schema)} - shared
+        defaults = {f.name: _default(f) for f in dataclasses.fields(schema)}
+        changed = sorted(k for k in shared - {"name"} if defaults[k] != base[k])
+        own = defaults.keys() - shared
         lines += [f"### algorithm={name}", "", _doc(schema), ""]
         if changed:
             lines += ["Shared options with another default here: "
-                      + ", ".join(f"`{k}` = {_default(next(f for f in dataclasses.fields(schema) if f.name == k))}"
-                                  for k in sorted(changed)) + ".", ""]
+                      + ", ".join(f"`{k}` = {defaults[k]}" for k in changed) + ".", ""]
         if own:
             lines += _HEADER + _rows(schema, "algorithm.", name, only=own) + [""]
     return lines

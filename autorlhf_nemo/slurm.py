@@ -59,7 +59,7 @@ def render_sbatch(cfg, overrides: Sequence[str]) -> str:
     """The batch script for ``cfg`` (composed from ``overrides``). Raises ConfigError."""
     cfg = typed_config(cfg)
     c, declared = cfg.cluster, cfg.parallel.world_size
-    world_size = cfg.cluster.world_size()
+    world_size = c.world_size()
     problems = []
     if c.nodes < 1 or c.gpus_per_node < 1:
         problems.append(f"cluster.nodes={c.nodes} and cluster.gpus_per_node={c.gpus_per_node} must be >= 1")

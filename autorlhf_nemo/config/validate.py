@@ -20,9 +20,6 @@ from omegaconf import DictConfig, OmegaConf
 from autorlhf_nemo.config.errors import ConfigError
 from autorlhf_nemo.config.schema import ALGORITHMS, ILQLConfig, RootConfig
 
-__all__ = ["ConfigError", "validate_config", "field_rule"]
-
-
 def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 

@@ -45,15 +45,21 @@ def _render(tokenizer, messages: Sequence[dict], *, reply_follows: bool) -> list
                               _eos(tokenizer), "a conversation")
 
 
+def encode_prompt(tokenizer, prompt: Any) -> list[int]:
+    """The ids a reply follows: a string prompt alone, or a message list with the generation prompt."""
+    if isinstance(prompt, str):
+        return tokenizer(prompt, add_special_tokens=False).input_ids
+    return _render(tokenizer, prompt, reply_follows=True)
+
+
 def encode_prompt_response(tokenizer, prompt: Any, response: Any) -> tuple[list[int], list[int]]:
     """(ids, mask) of a prompt and its response (a completion, or one side of a pair): strings,
     or message lists (the response being the assistant's turn)."""
     eos = _eos(tokenizer)
+    head = encode_prompt(tokenizer, prompt)
     if isinstance(prompt, str):
-        head = tokenizer(prompt, add_special_tokens=False).input_ids
         tail = tokenizer(response, add_special_tokens=False).input_ids + [eos]
         return head + tail, [0] * len(head) + [1] * len(tail)
-    head = _render(tokenizer, prompt, reply_follows=True)
     whole = _render(tokenizer, [*prompt, *response], reply_follows=False)
     if whole[: len(head)] != head or len(whole) == len(head):
         raise DataError("the chat template renders the prompt differently once a reply follows: the response's "
@@ -102,7 +108,7 @@ def fit_prompt_responses(tokenizer, prompt: Any, responses: Sequence[Any],
         return encodings, False
     longest_reply = max(sum(mask) for _, mask in encodings)
     if isinstance(prompt, str):
-        head = len(tokenizer(prompt, add_special_tokens=False).input_ids)
+        head = len(encodings[0][0]) - sum(encodings[0][1])   # the prompt's tokens, the same in each
         budget = max_length - longest_reply
         if budget < 1:
             return "response_too_long"
@@ -154,9 +160,7 @@ def encode_rows(tokenizer, table: Any, kind: str, max_length: int) -> EncodedRow
     rows, counts = [], {"kept": 0, "prompt_truncated": 0, **{reason: 0 for reason in TOO_LONG}}
     for row in table:
         if kind == "prompt_only":
-            prompt = row["prompt"]
-            ids = (tokenizer(prompt, add_special_tokens=False).input_ids if isinstance(prompt, str)
-                   else _render(tokenizer, prompt, reply_follows=True))
+            ids = encode_prompt(tokenizer, row["prompt"])
             fitted = ({"prompt": ids}, False) if len(ids) < max_length else "prompt_too_long"
         elif kind == "chat":
             fitted = _fit_messages(tokenizer, row["messages"], max_length)

@@ -149,6 +149,8 @@ def load_splits(source: Any, *, split: str = "train", eval_split: Optional[str] 
     name = "<datasets.Dataset>" if isinstance(source, datasets.Dataset) else str(source)
     if eval_split is not None and eval_fraction is not None:
         raise DataError("data.eval_split and data.eval_fraction both set: hold out one way")
+    if eval_fraction is not None and not 0 < eval_fraction < 1:
+        raise DataError(f"data.eval_fraction={eval_fraction}: use a fraction in (0, 1)")
     table = _load(source, split, cache_dir)
     renames = {theirs: ours for ours, theirs in (columns or {}).items() if theirs != ours}
     missing = [theirs for theirs in renames if theirs not in table.column_names]
@@ -169,8 +171,6 @@ def load_splits(source: Any, *, split: str = "train", eval_split: Optional[str] 
         held_out = _load(source, eval_split, cache_dir).rename_columns(renames)
         check_rows(held_out, kind, f"{name} [{eval_split}]")
     elif eval_fraction is not None:
-        if not 0 < eval_fraction < 1:
-            raise DataError(f"data.eval_fraction={eval_fraction}: use a fraction in (0, 1)")
         parts = table.train_test_split(test_size=eval_fraction, seed=seed, shuffle=True)
         table, held_out = parts["train"], parts["test"]
     return Splits(table, held_out, kind, conversational, name)
