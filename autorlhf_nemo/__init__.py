@@ -32,7 +32,7 @@ silence_expected_noise()
 
 def train(overrides: Sequence[str] = (), *, reward_fn: Callable | None = None,
           prompts: Sequence[str] | None = None, eval_prompts: Sequence[str] | None = None,
-          samples: Sequence | None = None, rewards: Sequence[float] | None = None) -> dict:
+          samples: Sequence | None = None, rewards: Sequence[float] | None = None, dataset=None) -> dict:
     """Run RL from Python, as ``python -m autorlhf_nemo <overrides>`` would.
 
     With ``reward_fn(samples, prompts, outputs, **metadata) -> list[float]`` (or
@@ -55,6 +55,12 @@ def train(overrides: Sequence[str] = (), *, reward_fn: Callable | None = None,
 
         autorlhf_nemo.train(["model=smollm2_135m"], samples=[["Hi", " Hello!"], ["Hi", " Go away."]],
                             rewards=[1.0, -1.0], eval_prompts=["Hello there"])
+
+    Supervised (``algorithm=sft`` or ``algorithm=dpo``, SmolLM2-135M-Instruct by default): a
+    ``dataset``, a file path or a ``datasets.Dataset`` (docs/data.md), instead of data.path;
+    ``reward_fn`` and ``eval_prompts``, optional, score decoded completions at each evaluation.
+
+        autorlhf_nemo.train(["algorithm=dpo"], dataset="pairs.jsonl")
     """
     from autorlhf_nemo.config.compose import compose_config
     from autorlhf_nemo.config.validate import ConfigError, foreign_option_problems, validate_config
@@ -63,6 +69,9 @@ def train(overrides: Sequence[str] = (), *, reward_fn: Callable | None = None,
     overrides = list(overrides)
     offline = samples is not None or rewards is not None
     if not any(o.startswith("algorithm=") for o in overrides):
+        if dataset is not None:
+            raise ConfigError(["a dataset trains algorithm=sft or algorithm=dpo: name one, e.g. "
+                               "autorlhf_nemo.train(['algorithm=sft'], dataset=...)"])
         overrides.insert(0, "algorithm=ilql" if offline else "algorithm=ppo")
     problems = foreign_option_problems(overrides)
     if problems:
@@ -73,4 +82,4 @@ def train(overrides: Sequence[str] = (), *, reward_fn: Callable | None = None,
     cfg = compose_config(overrides)
     validate_config(cfg)  # a ConfigError in seconds, before torch and megatron load
     return run_rl(cfg, prompts=prompts, reward_fn=reward_fn, eval_prompts=eval_prompts, samples=samples,
-                  rewards=rewards)
+                  rewards=rewards, dataset=dataset)

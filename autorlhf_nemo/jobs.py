@@ -9,8 +9,9 @@ a layout on real hardware before a long run.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
-from autorlhf_nemo.config.schema import RootConfig, typed_config
+from autorlhf_nemo.config.schema import SUPERVISED_ALGORITHMS, RootConfig, typed_config
 from autorlhf_nemo.config.validate import ConfigError, validate_config
 
 
@@ -49,9 +50,10 @@ def run_job(cfg) -> None:
     shutdown()
 
 
-def run_rl(cfg, prompts=None, reward_fn=None, eval_prompts=None, samples=None, rewards=None) -> dict:
-    """An RL run at the layout of ``cfg`` (composed, or a RootConfig): build the task and the algorithm's model,
-    train (resuming from the newest complete checkpoint), export, report.
+def run_rl(cfg, prompts=None, reward_fn=None, eval_prompts=None, samples=None, rewards=None, dataset=None) -> dict:
+    """A run at the layout of ``cfg`` (composed, or a RootConfig): build the task, load the data
+    (ILQL's samples; SFT's and DPO's ``dataset``, else data.path) and the algorithm's model, train
+    (resuming from the newest complete checkpoint), export, report.
     Returns the trainer's summary (before/after evaluation, per-step history).
 
     A checkpoint save that failed (``run_checkpoint.CheckpointSaveError``) does not lose
@@ -75,7 +77,13 @@ def run_rl(cfg, prompts=None, reward_fn=None, eval_prompts=None, samples=None, r
 
     task = build_task(cfg, prompts=prompts, reward_fn=reward_fn, eval_prompts=eval_prompts, samples=samples,
                       rewards=rewards)
-    offline = offline_dataset(cfg, task) if task.samples is not None else None  # bad rows fail here, before any model
+    # bad rows fail here, before any process group or model
+    offline = offline_dataset(cfg, task) if task.samples is not None else None
+    if cfg.algorithm.name in SUPERVISED_ALGORITHMS:
+        offline = supervised_data(cfg, task, dataset)
+        cfg = with_epochs(cfg, len(offline.train))
+    elif dataset is not None:
+        raise ConfigError([f"a dataset trains algorithm=sft or algorithm=dpo, not algorithm={cfg.algorithm.name}"])
     runtime = initialize(cfg)
     if not runtime.placement.split:
         summary, save_error = _train(cfg, runtime, task, offline, start)
@@ -97,22 +105,29 @@ def _train(cfg: RootConfig, runtime, task, offline, start: float) -> tuple[dict,
     """Train, export and report on the learner ranks: (the summary, a checkpoint save error or None)."""
     import json
     import time
-    from pathlib import Path
 
     import torch.distributed as dist
 
+    supervised = cfg.algorithm.name in SUPERVISED_ALGORITHMS
     if runtime.rank == 0:
         print(f"runtime: {runtime.describe()}", flush=True)
         if offline is not None:
-            print(offline_summary(offline), flush=True)
+            print(offline.summary() if supervised else offline_summary(offline), flush=True)
     from autorlhf_nemo.algorithms import model_class
     from autorlhf_nemo.algorithms.trainer import RLTrainer
 
     model = model_class(cfg.algorithm.name)(cfg, runtime, task.init_weights)
-    if offline is not None:
-        from autorlhf_nemo.algorithms.ilql.trainer import OfflineTrainer
+    if supervised:
+        from autorlhf_nemo.algorithms.offline_trainer import OfflineTrainer
 
-        trainer = OfflineTrainer(model, task, cfg, offline)
+        if cfg.algorithm.name == "dpo" and cfg.algorithm.reference == "precompute":
+            model.precompute_reference([offline.train, offline.eval], task.pad_token_id, Path(cfg.run_dir),
+                                       log=print if runtime.rank == 0 else lambda *_: None)
+        trainer = OfflineTrainer(model, task, cfg, offline.train, offline.eval, *_eval_prompts(cfg, task, offline))
+    elif offline is not None:
+        from autorlhf_nemo.algorithms.ilql.trainer import ILQLTrainer
+
+        trainer = ILQLTrainer(model, task, cfg, offline)
     else:
         trainer = RLTrainer(model, task, cfg)
     summary = trainer.fit()
@@ -124,11 +139,13 @@ def _train(cfg: RootConfig, runtime, task, offline, start: float) -> tuple[dict,
         source = cfg.model.hf_checkpoint
         export_hf_checkpoint(model.policy.module.gpt, cfg.model, run_dir / "hf_export",
                              tokenizer_dir=resolve_hf_checkpoint(source) if source else None)
-        if offline is not None:
+        if cfg.algorithm.name == "ilql":
             from autorlhf_nemo.convert.ilql_heads import export_heads
 
             export_heads(model, cfg, run_dir / "hf_export")
-    if offline is not None:
+    if supervised:
+        summary["dataset"] = {"source": offline.source, "type": offline.kind, "counts": offline.counts}
+    elif offline is not None:
         summary["dataset"] = {"rows": len(offline.rows), "dropped": offline.dropped,
                               "reward_mean": offline.reward_mean, "reward_std": offline.reward_std}
     summary["wall_seconds"] = time.perf_counter() - start
@@ -140,6 +157,52 @@ def _train(cfg: RootConfig, runtime, task, offline, start: float) -> tuple[dict,
         print(report(summary, cfg), flush=True)
     dist.barrier()  # over the learners (the default group of a split run's learners)
     return summary, trainer.save_error
+
+
+def supervised_data(cfg: RootConfig, task, dataset=None):
+    """SFT's or DPO's rows (data/supervised.py) of ``dataset`` (a path or a datasets.Dataset),
+    else data.path, encoded with the task's tokenizer within data.max_length (train.seq_length)."""
+    from autorlhf_nemo.data.supervised import load_supervised
+
+    if task.tokenizer is None:
+        raise ConfigError([f"algorithm={cfg.algorithm.name} encodes text with a tokenizer, which task={task.name} "
+                           f"does not have: use task=custom (the default) or task=sentiment with a model that has "
+                           f"an HF checkpoint (model.hf_checkpoint)"])
+    from autorlhf_nemo.tasks import dataset_path
+
+    source = dataset if dataset is not None or cfg.data.path is None else dataset_path(cfg.data.path)
+    return load_supervised(cfg.algorithm.name, cfg.data, task.tokenizer, cfg.data.max_length or cfg.train.seq_length,
+                           cfg.train.seed, source)
+
+
+def with_epochs(cfg: RootConfig, rows: int) -> RootConfig:
+    """``cfg`` with train.total_steps = ceil(algorithm.num_epochs x rows / train.global_batch_size)
+    where num_epochs is set."""
+    import dataclasses
+    import math
+
+    epochs = cfg.algorithm.num_epochs
+    if epochs is None:
+        return cfg
+    steps = max(1, math.ceil(epochs * rows / cfg.train.global_batch_size))
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, total_steps=steps))
+
+
+def _eval_prompts(cfg: RootConfig, task, data) -> tuple:
+    """(eval_prompts, decodes, scored) of an SFT or DPO trainer: the task's own held-out prompts
+    where it has them (task=sentiment, or eval_prompts given to train()); else the held-out rows'
+    prompts, task.num_eval_prompts of them with a reward_fn, logging.num_samples without (their
+    completions shown, not scored)."""
+    decodes = cfg.algorithm.eval_generation
+    from autorlhf_nemo.tasks import no_reward
+
+    scored = task.reward_fn is not no_reward
+    if task.eval_prompts:
+        return None, decodes, scored
+    prompts = data.eval_prompts[:cfg.task.num_eval_prompts if scored else cfg.logging.num_samples]
+    if prompts:
+        task.eval_set = f"the first {len(prompts)} held-out rows' prompts"
+    return prompts, decodes and bool(prompts), scored
 
 
 def offline_dataset(cfg: RootConfig, task):
@@ -159,10 +222,31 @@ def offline_summary(dataset) -> str:
 
 
 def report(summary: dict, cfg: RootConfig) -> str:
-    """Reward before and after (naming the evaluation prompts when they are not held out),
-    each evaluation pass's figures, final KL, and a few before/after samples."""
+    """Held-out loss figures before and after (SFT, DPO), reward before and after (naming the
+    evaluation prompts when they are not held out) with each evaluation pass's figures, final KL,
+    and a few before/after samples."""
     lines = [f"== {cfg.algorithm.name} on {cfg.task.name}: {cfg.train.total_steps} steps, run dir {cfg.run_dir}"]
     before, after = summary["before"], summary["after"]
+    for name, value in after.get("heldout", {}).items():
+        was = before.get("heldout", {}).get(name) if before else None
+        lines.append(f"held-out {name}: " + (f"{was:.4f} -> {value:.4f}" if was is not None else f"{value:.4f}"))
+    if after["reward"] is not None:
+        lines += _reward_lines(summary, cfg, before, after)
+    steps = [h for h in summary["history"] if "time/step" in h]
+    if steps:
+        lines.append(f"wall time {summary['wall_seconds'] / 60:.1f} min, "
+                     f"{sum(h['time/step'] for h in steps) / len(steps):.1f} s per step")
+    last = summary["history"][-1]
+    if "rollout/kl" in last:
+        lines.append(f"KL(policy || initial policy) at the last step: {last['rollout/kl']:.3f} nats/sample")
+    for title, part in (("before", before), ("after", after)):
+        for prompt, output, reward in (part or {}).get("samples", []):
+            lines.append(f"[{title} {reward:+.2f}] {prompt!r} -> {output!r}")
+    return "\n".join(lines)
+
+
+def _reward_lines(summary: dict, cfg: RootConfig, before: dict | None, after: dict) -> list[str]:
+    lines = []
     label = f"eval reward ({summary['eval_prompts']})" if summary["eval_prompts"] else "eval reward"
     if summary.get("eval_note"):
         lines.append(f"eval reward: {summary['eval_note']}")
@@ -185,14 +269,4 @@ def report(summary: dict, cfg: RootConfig) -> str:
     for name, value in after.get("rewards", {}).items():
         was = f"{before['rewards'][name]:.3f} -> " if before and name in before.get("rewards", {}) else ""
         lines.append(f"  {name}: {was}{value:.3f}")
-    steps = [h for h in summary["history"] if "time/step" in h]
-    if steps:
-        lines.append(f"wall time {summary['wall_seconds'] / 60:.1f} min, "
-                     f"{sum(h['time/step'] for h in steps) / len(steps):.1f} s per step")
-    last = summary["history"][-1]
-    if "rollout/kl" in last:
-        lines.append(f"KL(policy || initial policy) at the last step: {last['rollout/kl']:.3f} nats/sample")
-    for title, part in (("before", before), ("after", after)):
-        for prompt, output, reward in (part or {}).get("samples", []):
-            lines.append(f"[{title} {reward:+.2f}] {prompt!r} -> {output!r}")
-    return "\n".join(lines)
+    return lines

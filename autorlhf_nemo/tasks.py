@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from autorlhf_nemo.config.schema import RootConfig
+from autorlhf_nemo.config.schema import SUPERVISED_ALGORITHMS, RootConfig
 from autorlhf_nemo.config.validate import ConfigError
 from autorlhf_nemo.versions import chat_prompt_ids
 
@@ -44,6 +44,8 @@ class Task:
     encode_output: Callable[[str], list[int]] | None = None
     # The state before the first action of a plain-string sample (its prompt)
     start_token_id: int | None = None
+    # The Hugging Face tokenizer of a task with one (datasets are encoded with it: data/encode.py)
+    tokenizer: object | None = None
 
 
 class TokenizerCodec:
@@ -92,7 +94,7 @@ def _hf_codec(cfg: RootConfig):
     return codec, eos, pad
 
 
-def _dataset_path(path: str) -> str:
+def dataset_path(path: str) -> str:
     """``path`` as given when it exists (absolute, or from the working directory), else from the
     repository root (the shipped datasets under data/)."""
     from pathlib import Path
@@ -113,7 +115,7 @@ def _offline_fields(cfg: RootConfig, codec, samples=None, rewards=None) -> dict:
                                "autorlhf_nemo.train(samples=..., rewards=...)"])
         from autorlhf_nemo.data.offline import read_jsonl
 
-        samples, rewards = read_jsonl(_dataset_path(cfg.task.dataset))
+        samples, rewards = read_jsonl(dataset_path(cfg.task.dataset))
     # the samples as given: read_jsonl's keep their file and line numbers for error messages
     return {"samples": samples, "rewards": list(rewards), "encode_output": codec.encode_output,
             "start_token_id": codec.start_token_id()}
@@ -155,10 +157,10 @@ def _sentiment(cfg: RootConfig) -> Task:
     codec, eos, pad = _hf_codec(cfg)
     train, held_out = review_prompts(cfg.task.num_eval_prompts)
     return Task("sentiment", train, held_out, VaderReward(), codec.encode, codec.decode, eos, pad,
-                _load_hf_weights, **_offline_fields(cfg, codec))
+                _load_hf_weights, tokenizer=codec.tokenizer, **_offline_fields(cfg, codec))
 
 
-def _no_reward(samples, prompts=None, outputs=None, **_):
+def no_reward(samples, prompts=None, outputs=None, **_):
     return [0.0] * len(samples)
 
 
@@ -167,8 +169,17 @@ def _custom(cfg: RootConfig, prompts: Sequence[str] | None, reward_fn: Callable 
     """The caller's prompts and reward (online), or samples and rewards (offline, algorithm=ilql:
     given, or task.dataset's JSONL rows; the prompts default to the samples' first segments).
     Without ``eval_prompts`` the evaluations use the first ``task.num_eval_prompts`` training
-    prompts, and the task says so (``eval_set``)."""
-    offline = cfg.algorithm is not None and cfg.algorithm.name == "ilql"
+    prompts, and the task says so (``eval_set``). SFT and DPO (data from the data group) need
+    neither: their evaluations decode ``eval_prompts`` or the held-out rows' prompts (jobs.py)."""
+    name = cfg.algorithm.name if cfg.algorithm is not None else None
+    offline = name == "ilql"
+    if name in SUPERVISED_ALGORITHMS:
+        if samples is not None:
+            raise ConfigError([f"algorithm={name} trains on a dataset (data.path=, or train(dataset=...)), not on "
+                               "samples and rewards (algorithm=ilql)"])
+        codec, eos, pad = _hf_codec(cfg)
+        return Task("custom", list(prompts or []), list(eval_prompts or []), reward_fn or no_reward, codec.encode,
+                    codec.decode, eos, pad, _load_hf_weights, tokenizer=codec.tokenizer)
     if not offline and (prompts is None or reward_fn is None):
         raise ConfigError(["task=custom needs prompts and a reward_fn: pass them to "
                            "autorlhf_nemo.train(prompts=..., reward_fn=...) or pick task=randomwalks|sentiment"])
@@ -186,8 +197,9 @@ def _custom(cfg: RootConfig, prompts: Sequence[str] | None, reward_fn: Callable 
         eval_prompts = prompts[:cfg.task.num_eval_prompts]
         eval_set = f"first {len(eval_prompts)} training prompts; no eval_prompts given"
     eval_note = "no reward_fn was given: evaluation rewards are 0 (see the samples)" if reward_fn is None else None
-    return Task("custom", list(prompts), list(eval_prompts), reward_fn or _no_reward, codec.encode, codec.decode,
-                eos, pad, _load_hf_weights, eval_set=eval_set, eval_note=eval_note, **fields)
+    return Task("custom", list(prompts), list(eval_prompts), reward_fn or no_reward, codec.encode, codec.decode,
+                eos, pad, _load_hf_weights, eval_set=eval_set, eval_note=eval_note, tokenizer=codec.tokenizer,
+                **fields)
 
 
 def build_task(cfg: RootConfig, prompts: Sequence[str] | None = None, reward_fn: Callable | None = None,

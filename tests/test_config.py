@@ -242,8 +242,8 @@ def test_renamed_options_named_with_their_new_names():
 def test_option_of_another_algorithm_named_by_the_api_and_in_plain_values():
     import autorlhf_nemo
 
-    with pytest.raises(ConfigError, match=r"algorithm.beta is an option of algorithm=online_dpo and "
-                                          r"algorithm=grpo, not of algorithm=rloo"):
+    with pytest.raises(ConfigError, match=r"algorithm.beta is an option of algorithm=online_dpo, "
+                                          r"algorithm=grpo and algorithm=dpo, not of algorithm=rloo"):
         autorlhf_nemo.train(["algorithm=rloo", "algorithm.beta=0.1"], reward_fn=lambda samples, **_: [0.0],
                             prompts=["x"])
     values = to_container(compose_config(["algorithm=grpo"]))

@@ -254,10 +254,13 @@ class RLTrainer:
 
 
 def eval_metrics(evaluation: dict) -> dict:
-    """eval/reward (the headline figure) and eval/reward_<pass> for every pass."""
-    return {"eval/reward": evaluation["reward"],
+    """eval/reward (the headline figure, where completions were decoded), eval/reward_<pass> for
+    every pass, and eval/<name> for every held-out loss figure (offline runs: eval/loss, ...)."""
+    reward = {} if evaluation["reward"] is None else {"eval/reward": evaluation["reward"]}
+    return {**reward,
             **{f"eval/reward_{name}": value for name, value in evaluation["rewards"].items()},
-            **{f"eval/reward@beta={beta}": value for beta, value in evaluation.get("by_beta", {}).items()}}
+            **{f"eval/reward@beta={beta}": value for beta, value in evaluation.get("by_beta", {}).items()},
+            **{f"eval/{name}": value for name, value in evaluation.get("heldout", {}).items()}}
 
 
 def score_tensor(scores: list, response_mask: torch.Tensor) -> torch.Tensor:

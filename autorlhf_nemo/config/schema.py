@@ -337,9 +337,79 @@ class ILQLConfig(AlgorithmConfig):
         return self.head_width or hidden_size
 
 
+@dataclass
+class SupervisedConfig(AlgorithmConfig):
+    """What the supervised algorithms on the offline loop share (SFT, offline DPO): a dataset
+    (the ``data`` group), train.total_steps optimizer steps of train.global_batch_size rows each
+    drawn from a seeded shuffle of the training split (a new shuffle every pass), evaluation of the
+    held-out split. Nothing is sampled while training, so the online fields (prompts_per_step,
+    samples_per_prompt, epochs, minibatches, missing_eos_penalty) do not apply."""
+
+    num_epochs: Optional[float] = None
+    """Passes over the training split: the run takes ceil(num_epochs x rows / train.global_batch_size)
+    optimizer steps instead of train.total_steps; null: train.total_steps."""
+    eval_generation: bool = True
+    """Also decode the task's held-out prompts at each evaluation and score them (task=sentiment: VADER);
+    a task without a reward function (task=custom) only decodes a few samples to show."""
+
+
+@dataclass
+class SFTConfig(SupervisedConfig):
+    """Supervised fine-tuning: the negative log-likelihood of the response tokens (a completion, every
+    assistant turn of a conversation, every token of a text), summed and divided by the number of
+    such tokens in the whole global batch, so micro-batch count and DP size do not change an update.
+    No reference model."""
+
+    name: str = "sft"
+
+    def uses_reference(self) -> bool:
+        return False
+
+
+@dataclass
+class DPOConfig(SupervisedConfig):
+    """Offline DPO (Rafailov et al. 2023) on (prompt, chosen, rejected) rows; the loss code is online
+    DPO's (algorithms/online_dpo/loss.py). train.global_batch_size counts pairs;
+    train.micro_batch_size counts sequences (even: a chosen and its rejected stay together).
+
+        margin = (log pi(y_c) - log pi_ref(y_c)) - (log pi(y_r) - log pi_ref(y_r))
+        sigmoid: -(1 - eps) log sigmoid(beta margin) - eps log sigmoid(-beta margin)
+        ipo:     (margin - 1 / (2 beta))^2
+        + sft_weight x the chosen response's mean negative log-likelihood per token"""
+
+    name: str = "dpo"
+    beta: float = 0.1
+    """Strength of the implicit KL constraint to the reference."""
+    loss_type: str = "sigmoid"
+    """sigmoid: DPO's -log sigmoid(beta margin) (with label_smoothing: cDPO); ipo: (margin - 1/(2 beta))^2."""
+    label_smoothing: float = 0.0
+    """eps of conservative DPO (cDPO): the probability that a pair's label is flipped; sigmoid only."""
+    sft_weight: float = 0.0
+    """Weight of the NLL of the chosen response (mean per token) added to each pair's loss (RPO)."""
+    average_logprobs: Optional[bool] = None
+    """Log-probs of a response averaged over its tokens instead of summed; null: TRL's choice per
+    loss type (averaged for ipo, summed for sigmoid)."""
+    reference: str = "precompute"
+    """precompute: the initial policy's log-probs of every row, computed in one no-grad pass before
+    training and saved in run_dir (no reference model is resident while training); online: a frozen
+    reference model computes them per batch (sharing the frozen trunk; offload_reference moves it to
+    host memory between uses)."""
+
+    def uses_reference(self) -> bool:
+        return self.reference == "online"
+
+    def averages(self) -> bool:
+        """Whether sequence log-probs are per-token means (average_logprobs, else TRL's per loss type)."""
+        return self.loss_type == "ipo" if self.average_logprobs is None else self.average_logprobs
+
+
 # algorithm=<name> -> its schema (conf/algorithm/<name>.yaml composes onto it)
 ALGORITHMS: dict[str, type] = {"ppo": PPOConfig, "online_dpo": OnlineDPOConfig, "rloo": RLOOConfig,
-                               "grpo": GRPOConfig, "ilql": ILQLConfig}
+                               "grpo": GRPOConfig, "ilql": ILQLConfig, "sft": SFTConfig, "dpo": DPOConfig}
+# algorithms that train on a dataset (algorithms/offline.py) rather than on their own samples
+OFFLINE_ALGORITHMS = ("ilql", "sft", "dpo")
+# the offline algorithms whose data come from the data group (data/loader.py)
+SUPERVISED_ALGORITHMS = ("sft", "dpo")
 
 
 @dataclass
@@ -373,6 +443,32 @@ class TaskConfig:
     dataset: Optional[str] = None
     """algorithm=ilql: a JSONL file of {"prompt", "output", "reward"} rows (data/offline.py), the offline
     dataset of task=custom (and the cached dataset of task=sentiment)."""
+
+
+@dataclass
+class DataConfig:
+    """A dataset, through Hugging Face ``datasets`` (data/loader.py): SFT's and DPO's training data.
+    Its columns decide its type (TRL's names): prompt + completion, messages, text (SFT); prompt +
+    chosen + rejected, or chosen + rejected with the prompt as their common start (DPO)."""
+
+    path: Optional[str] = None
+    """A local .jsonl/.json/.parquet/.csv file or datasets directory (relative: from the working
+    directory, else the repository root), or a hub dataset name where a hub is reachable."""
+    split: str = "train"
+    """The split trained on (of a hub dataset or a directory; a single file is one split)."""
+    eval_split: Optional[str] = None
+    """A split held out for evaluation; null: eval_fraction of the training rows."""
+    eval_fraction: float = 0.05
+    """Without eval_split: this fraction of the rows (seeded by train.seed) is held out; 0: none."""
+    limit: Optional[int] = None
+    """Use only the first N rows (before holding out); null: all."""
+    max_length: Optional[int] = None
+    """Longest sequence in tokens (prompt + response); a longer prompt loses its earliest tokens or
+    turns, a response that does not fit drops its row (both counted); null: train.seq_length."""
+    columns: dict[str, str] = field(default_factory=dict)
+    """Renames, ours: theirs (e.g. data.columns.prompt=question) for a dataset with other column names."""
+    pack: bool = False
+    """SFT: pack several samples into each row of max_length tokens, attention kept inside each sample."""
 
 
 @dataclass
@@ -496,6 +592,8 @@ class RootConfig:
     rank); an algorithm (algorithm=<name>): an RL run, whose schema is that algorithm's dataclass."""
     task: TaskConfig = field(default_factory=TaskConfig)
     """The RL task (task=<name>: conf/task)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """A dataset (SFT, DPO)."""
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     """Where samples are generated (asynchronous RLHF)."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)

@@ -18,7 +18,8 @@ from typing import Any, Mapping, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from autorlhf_nemo.config.errors import ConfigError
-from autorlhf_nemo.config.schema import ALGORITHMS, ILQLConfig, RootConfig
+from autorlhf_nemo.config.schema import (ALGORITHMS, OFFLINE_ALGORITHMS, SUPERVISED_ALGORITHMS, AlgorithmConfig,
+                                         RootConfig)
 
 def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
@@ -137,6 +138,9 @@ RANGES: Mapping[str, Range] = MappingProxyType({
     "task.pretrain_batch_size": _at_least(1),
     "task.graph_seed": Range(0, 2**32 - 1, note="numpy's seed range"),
     "task.eval_temperature": _above(0, nullable=True, note="null: task.sampling.temperature"),
+    "data.eval_fraction": Range(0, 1, high_open=True, note="0: nothing held out"),
+    "data.limit": _at_least(1, nullable=True, note="null: every row"),
+    "data.max_length": _at_least(2, nullable=True, note="null: train.seq_length"),
     "checkpoint.save_every": _at_least(0, note="0: at the end only"),
     "checkpoint.keep_last": _at_least(1),
     "logging.num_samples": _at_least(0),
@@ -180,6 +184,9 @@ ALGORITHM_OWN_RANGES: Mapping[str, Mapping[str, Range]] = _frozen({
              "head_width": _at_least(1, nullable=True, note="null: model.hidden_size"),
              "head_seed": _at_least(0),
              "report_beta": _at_least(0, nullable=True, note="null: the best of algorithm.betas")},
+    "sft": {"num_epochs": _above(0, nullable=True, note="null: train.total_steps")},
+    "dpo": {"num_epochs": _above(0, nullable=True, note="null: train.total_steps"), "beta": _above(0),
+            "label_smoothing": Range(0, 0.5, high_open=True, note="0: plain DPO"), "sft_weight": _at_least(0)},
 })
 
 # The valid values of every string field with a fixed set, by dotted name.
@@ -199,6 +206,7 @@ ALGORITHM_OWN_CHOICES: Mapping[str, Mapping[str, Choices]] = _frozen({
     "ppo": {"scale_reward": Choices((None, "running"))},
     "online_dpo": {"loss_type": Choices(("sigmoid", "ipo"))},
     "grpo": {"loss_aggregation": Choices(("token", "sequence"))},
+    "dpo": {"loss_type": Choices(("sigmoid", "ipo")), "reference": Choices(("precompute", "online"))},
 })
 
 
@@ -300,8 +308,12 @@ def renamed_option_message(key: str) -> str:
 
 def foreign_option_message(key: str, algorithm: str | None, owners: list[str]) -> str:
     """The problem of ``algorithm.<key>`` set for an algorithm that does not have it."""
-    return (f"algorithm.{key} is an option of {' and '.join(f'algorithm={o}' for o in owners)}, not of "
-            f"algorithm={algorithm}: remove it, or pick {' or '.join(f'algorithm={o}' for o in owners)}")
+    names = [f"algorithm={o}" for o in owners]
+
+    def listed(word: str) -> str:
+        return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} {word} {names[-1]}"
+
+    return f"algorithm.{key} is an option of {listed('and')}, not of algorithm={algorithm}: remove it, or pick {listed('or')}"
 
 
 def foreign_option_problems(overrides: list[str]) -> list[str]:
@@ -448,14 +460,21 @@ def validate_config(cfg: DictConfig | Mapping[str, Any], world_size: Optional[in
             dp = learners // model_parallel
             step = t["micro_batch_size"] * dp
             a = values["algorithm"]
-            if a and a["name"] != "ilql":
+            if a and a["name"] not in OFFLINE_ALGORITHMS:
                 problems += _batch_problems(a, t["micro_batch_size"], dp)
             pretrain_batch = values["task"]["pretrain_batch_size"]
             if _pretrains(values) and pretrain_batch % dp:
                 problems.append(
                     f"task.pretrain_batch_size={pretrain_batch} is not divisible by the data-parallel size "
                     f"{dp}: use a multiple of {dp} (e.g. {pretrain_batch - pretrain_batch % dp or dp})")
-            if (not a or a["name"] == "ilql") and t["global_batch_size"] % step:
+            if a and a["name"] == "dpo":
+                if 2 * t["global_batch_size"] % step:
+                    problems.append(
+                        f"algorithm=dpo: train.global_batch_size={t['global_batch_size']} pairs are "
+                        f"{2 * t['global_batch_size']} sequences, which train.micro_batch_size x data-parallel size "
+                        f"= {t['micro_batch_size']} x {dp} = {step} does not divide: use a number of pairs whose "
+                        f"double is a multiple of {step}")
+            elif (not a or a["name"] in OFFLINE_ALGORITHMS) and t["global_batch_size"] % step:
                 problems.append(
                     f"train.global_batch_size={t['global_batch_size']} is not divisible by "
                     f"train.micro_batch_size x data-parallel size = {t['micro_batch_size']} x "
@@ -504,9 +523,9 @@ def _rollout_problems(values: dict) -> list[str]:
     if a is None:
         problems.append("rollout.placement=split runs an RL algorithm's generation apart from its learning: "
                         "choose an online algorithm (algorithm=online_dpo|ppo|rloo|grpo)")
-    elif a["name"] == "ilql":
-        problems.append("rollout.placement=split does not apply to algorithm=ilql (offline: it samples nothing "
-                        "while it learns): use rollout.placement=colocated")
+    elif a["name"] in OFFLINE_ALGORITHMS:
+        problems.append(f"rollout.placement=split does not apply to algorithm={a['name']} (offline: it samples "
+                        f"nothing while it learns): use rollout.placement=colocated")
     elif a["name"] != "online_dpo" and (r["importance_correction"] or r["old_logprobs"] == "behaviour"):
         sampling = values["task"]["sampling"]
         filters = [f"task.sampling.{key}={sampling[key]}" for key, off in (("top_k", 0), ("top_p", 1.0),
@@ -526,15 +545,19 @@ def _algorithm_problems(values: dict) -> list[str]:
     a, t, task, m = values["algorithm"], values["train"], values["task"], values["model"]
     problems = []
     name = a["name"]
+    if name in OFFLINE_ALGORITHMS:
+        problems += _offline_problems(a)
     if name == "ilql":
         problems += _ilql_problems(a)
+    if name in SUPERVISED_ALGORITHMS:
+        problems += _supervised_problems(values)
     if name in ("online_dpo", "rloo", "grpo") and a["samples_per_prompt"] < 2:
         problems.append(f"algorithm={name} compares the samples of a prompt: algorithm.samples_per_prompt="
                         f"{a['samples_per_prompt']} must be at least 2")
     if a["num_layers_unfrozen"] < -1 or a["num_layers_unfrozen"] == 0:
         problems.append(f"algorithm.num_layers_unfrozen={a['num_layers_unfrozen']}: use -1 (train all "
                         f"layers) or 1..{m['num_layers']} (train the top layers, share the frozen trunk)")
-    if task["sampling"]["temperature"] == 0:
+    if task["sampling"]["temperature"] == 0 and name not in SUPERVISED_ALGORITHMS:
         problems.append("task.sampling.temperature=0 samples greedily: an RL run needs samples that differ; "
                         "use a temperature > 0 (evaluations decode greedily with task.eval_greedy=true)")
     if not task["eval_greedy"] and not task["eval_seeds"]:
@@ -553,11 +576,31 @@ ONLINE_ONLY = ("prompts_per_step", "samples_per_prompt", "epochs", "minibatches"
                 "penalty_mode", "offload_reference")
 
 
+def _offline_problems(a: dict) -> list[str]:
+    defaults = AlgorithmConfig()
+    return [f"algorithm.{key}={a[key]!r} does not apply to algorithm={a['name']} (offline: each of "
+            f"train.total_steps optimizer steps trains on train.global_batch_size dataset rows): remove it"
+            for key in ONLINE_ONLY if a[key] != getattr(defaults, key)]
+
+
+def _supervised_problems(values: dict) -> list[str]:
+    """Rules of SFT and offline DPO beyond the numeric ranges (data.path is checked as the data load)."""
+    a, d, t = values["algorithm"], values["data"], values["train"]
+    problems = []
+    if a["name"] == "dpo":
+        if a["loss_type"] == "ipo" and a["label_smoothing"]:
+            problems.append(f"algorithm.label_smoothing={a['label_smoothing']} applies to loss_type=sigmoid (cDPO) "
+                            f"only: set it to 0 with loss_type=ipo")
+        if t["micro_batch_size"] % 2:
+            problems.append(f"algorithm=dpo trains on (chosen, rejected) pairs, which a micro-batch must hold whole: "
+                            f"train.micro_batch_size={t['micro_batch_size']} must be even")
+        if d["pack"]:
+            problems.append("data.pack=true applies to algorithm=sft: a DPO row is a (chosen, rejected) pair; "
+                            "set data.pack=false")
+    return problems
+
+
 def _ilql_problems(a: dict) -> list[str]:
-    defaults = ILQLConfig()
-    problems = [f"algorithm.{key}={a[key]!r} does not apply to algorithm=ilql (offline: each of train.total_steps "
-                f"optimizer steps trains on train.global_batch_size dataset rows): remove it"
-                for key in ONLINE_ONLY if a[key] != getattr(defaults, key)]
     betas = a["betas"]
     if not betas or any(not _at_least(0).holds(b) for b in betas):
         problems.append(f"algorithm.betas={betas}: give one or more decoding strengths >= 0 (0: the policy alone)")

@@ -61,6 +61,20 @@ class Splits:
 
 
 def _load(source: Any, split: str, cache_dir: Optional[str]) -> Any:
+    """``source`` as a datasets.Dataset (its progress bars hidden: a run prints what it loaded)."""
+    import datasets
+    from datasets.utils import logging as datasets_logging
+
+    shown = datasets_logging.is_progress_bar_enabled()
+    datasets_logging.disable_progress_bar()
+    try:
+        return _load_quietly(source, split, cache_dir)
+    finally:
+        if shown:
+            datasets_logging.enable_progress_bar()
+
+
+def _load_quietly(source: Any, split: str, cache_dir: Optional[str]) -> Any:
     import datasets
 
     if isinstance(source, datasets.Dataset):

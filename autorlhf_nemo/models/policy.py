@@ -47,10 +47,12 @@ class PolicyModel(MegatronModule):
     def shared_embedding_or_output_weight(self):
         return self.gpt.shared_embedding_or_output_weight()
 
-    def forward(self, tokens, position_ids, attention_mask, decoder_input=None):
-        """``decoder_input`` [s, b, H]: a cached frozen-trunk output (models/reference.FrozenTrunk)."""
+    def forward(self, tokens, position_ids, attention_mask, decoder_input=None, packed_seq_params=None):
+        """``decoder_input`` [s, b, H]: a cached frozen-trunk output (models/reference.FrozenTrunk);
+        ``packed_seq_params``: packed rows under Transformer Engine (models/packing.py)."""
         if self.value_head is None:
-            return self.gpt(tokens, position_ids, attention_mask, decoder_input=decoder_input)
+            return self.gpt(tokens, position_ids, attention_mask, decoder_input=decoder_input,
+                            packed_seq_params=packed_seq_params)
         captured = []
         hook = self.gpt.decoder.register_forward_hook(lambda module, args, output: captured.append(output))
         try:

@@ -103,11 +103,17 @@ class ReferenceModel(torch.nn.Module):
 
 
 def model_inputs(batch: dict) -> dict:
-    """Keyword arguments for a GPTModel/PolicyModel call on a micro-batch:
-    the cached frozen-trunk output, when the batch carries one, replaces the embedding."""
-    if "trunk_hidden" not in batch:
-        return {}
-    return {"decoder_input": batch["trunk_hidden"].transpose(0, 1).contiguous()}  # [b, s, h] -> [s, b, h]
+    """Keyword arguments for a GPTModel/PolicyModel call on a micro-batch: the cached
+    frozen-trunk output, when the batch carries one, replaces the embedding; packed rows under
+    Transformer Engine (``cu_seqlens``, data/supervised.py) take their PackedSeqParams."""
+    inputs = {}
+    if "trunk_hidden" in batch:
+        inputs["decoder_input"] = batch["trunk_hidden"].transpose(0, 1).contiguous()  # [b, s, h] -> [s, b, h]
+    if "cu_seqlens" in batch:
+        from autorlhf_nemo.models.packing import packed_seq_params
+
+        inputs["packed_seq_params"] = packed_seq_params(batch["cu_seqlens"])
+    return inputs
 
 
 class FrozenTrunk:

@@ -91,9 +91,10 @@ class RunLogger:
             self.tb.flush()
         if self.wandb is not None:
             self.wandb.log(metrics, step=step)
-        shown = "  ".join(f"{k.split('/')[-1]} {v:.4g}" for k, v in metrics.items()
-                          if k in ("rollout/score", "rollout/kl", "eval/reward", "learn/loss", "learn/policy_loss",
-                                   "learn/value_loss", "learn/accuracy", "kl_coef", "time/step"))
+        shown = "  ".join(f"{_label(k)} {v:.4g}" for k, v in metrics.items()
+                          if k in ("rollout/score", "rollout/kl", "eval/reward", "eval/loss", "eval/accuracy",
+                                   "learn/loss", "learn/policy_loss", "learn/value_loss", "learn/accuracy", "kl_coef",
+                                   "time/step"))
         message = f"step {step}: {shown}"
         if self.bar is not None:
             self.bar.update(step - self.bar.n)
@@ -106,9 +107,15 @@ class RunLogger:
             (self.bar.write if self.bar is not None else print)(text)
 
     def plot(self) -> Path | None:
-        """reward_and_kl.png: rollout score, eval reward and KL per step."""
+        """reward_and_kl.png: rollout score, eval reward and KL per step; loss.png for a run that
+        reports no reward (SFT, DPO): training and held-out loss, and the held-out accuracy or
+        perplexity."""
         if not self.enabled or not self.history:
             return None
+        if not any("rollout/score" in h or "eval/reward" in h for h in self.history):
+            return self._plot_pairs("loss.png", [("learn/loss", "training loss"), ("eval/loss", "held-out loss")],
+                                    "loss", [("eval/accuracy", "held-out preference accuracy"),
+                                             ("eval/perplexity", "held-out perplexity")])
         try:
             import matplotlib
         except ImportError:  # an optional output: a machine without matplotlib still finishes its run
@@ -136,6 +143,37 @@ class RunLogger:
         plt.close(fig)
         return path
 
+    def _plot_pairs(self, name: str, top_keys: list, top_label: str, bottom_keys: list) -> Path | None:
+        """A two-panel plot of metrics per step: ``top_keys`` together, the first of ``bottom_keys`` logged."""
+        try:
+            import matplotlib
+        except ImportError:
+            self.message(f"matplotlib is not installed: no {name} (pip install matplotlib)")
+            return None
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+        for key, label in top_keys:
+            points = [(h["step"], h[key]) for h in self.history if key in h]
+            if points:
+                top.plot(*zip(*points), marker="o" if key.startswith("eval") else None, label=label)
+        top.set_ylabel(top_label)
+        top.legend()
+        for key, label in bottom_keys:
+            points = [(h["step"], h[key]) for h in self.history if key in h]
+            if points:
+                bottom.plot(*zip(*points), marker="o", color="tab:red")
+                bottom.set_ylabel(label)
+                break
+        bottom.set_xlabel("step")
+        fig.tight_layout()
+        path = self.run_dir / name
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
@@ -143,3 +181,9 @@ class RunLogger:
             self.tb.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+def _label(key: str) -> str:
+    """A metric's name on the progress line: its last part (eval/loss: eval_loss)."""
+    name = key.split("/")[-1]
+    return f"eval_{name}" if key.startswith("eval/") and key != "eval/reward" else name

@@ -26,7 +26,7 @@ from autorlhf_nemo.algorithms.ilql.loss import ilql_loss
 from autorlhf_nemo.algorithms.ilql.model import QGuidance
 from autorlhf_nemo.checkpoint import run_checkpoint
 from autorlhf_nemo.generation.sampling import VocabParallel
-from autorlhf_nemo.algorithms.ilql.trainer import OfflineTrainer
+from autorlhf_nemo.algorithms.ilql.trainer import ILQLTrainer
 from autorlhf_nemo.algorithms import model_class
 from autorlhf_nemo.config.compose import compose_config, compose_typed_config
 from autorlhf_nemo.config.validate import validate_config
@@ -163,7 +163,7 @@ def main():
         cfg = compose_typed_config(overrides)
         task = build_task(cfg)
         model = model_class("ilql")(cfg, runtime, task.init_weights)
-        trainer = OfflineTrainer(model, task, cfg, offline_dataset(cfg, task))
+        trainer = ILQLTrainer(model, task, cfg, offline_dataset(cfg, task))
         if unfrozen == -1:
             rows = [trainer.dataset.rows[i] for i in trainer._local(trainer.batch_rows(0))]
             results["loss_check"] = loss_check(model, collate(rows, task.pad_token_id, model.seq_multiple), cfg)
@@ -191,7 +191,7 @@ def main():
     task = build_task(cfg)
     model = model_class("ilql")(cfg, runtime, task.init_weights)
     load_heads(model, args.export)
-    trainer = OfflineTrainer(model, task, cfg, offline_dataset(cfg, task))
+    trainer = ILQLTrainer(model, task, cfg, offline_dataset(cfg, task))
     decoded = {}
     for beta in (0.0, 1.0, 100.0):
         trainer.beta = beta

@@ -1,8 +1,9 @@
-"""ILQL as a model module (algorithms/base.py's OnlineModel, trained offline by trainer.py):
+"""ILQL as a model module (algorithms/offline.py's OfflineModel, trained by trainer.py):
 the policy with V, Q and target Q heads on the last stage (models/ilql.py), no reference.
 
     learn         one optimizer step on a batch of offline rows (data/offline.collate), then,
                   every steps_for_target_q_sync optimizer steps, target <- alpha q + (1 - alpha) target
+                  (after_update)
     forward_step  ILQL's loss (loss.py) at the action positions only
     guidance      Q-guided decoding: log_softmax(logits) + beta (min_i Qbar_i - V)
 
@@ -11,14 +12,11 @@ The target sync counts optimizer steps (applied updates), kept in the checkpoint
 
 from __future__ import annotations
 
-import torch
-
-from autorlhf_nemo.algorithms.base import OnlineModel
 from autorlhf_nemo.algorithms.ilql.loss import ilql_loss
+from autorlhf_nemo.algorithms.offline import OfflineModel
 from autorlhf_nemo.algorithms.step import megatron_loss
+from autorlhf_nemo.data.offline import collate
 from autorlhf_nemo.models.ilql import ILQLPolicyModel
-from autorlhf_nemo.training.batching import data_parallel_microbatches
-from autorlhf_nemo.training.engine import train_step
 
 
 class QGuidance:
@@ -32,17 +30,15 @@ class QGuidance:
         return vp.log_softmax(logits) + self.beta * self.heads.advantage(hidden)
 
 
-class ILQLModel(OnlineModel):
+class ILQLModel(OfflineModel):
     def __init__(self, cfg, runtime, init_weights):
         super().__init__(cfg, runtime, init_weights)
         self.updates = 0  # optimizer steps applied: the target sync's clock
+        self.synced = False  # whether the last update synced the targets
 
     def build_policy(self, gpt):
         a, m = self.run_cfg.algorithm, self.run_cfg.model
         return ILQLPolicyModel(gpt, m.vocab_size, a.width(m.hidden_size), a.two_qs, a.head_seed)
-
-    def caches_trunk(self) -> bool:
-        return False  # every offline batch is trained on once: nothing to reuse
 
     @property
     def heads(self):
@@ -68,25 +64,21 @@ class ILQLModel(OnlineModel):
 
         return forward_step
 
-    def learn(self, batch: dict, generator: torch.Generator | None = None) -> tuple[dict, list[dict]]:
-        """One optimizer step on this DP rank's rows ``batch``; then the target sync when due.
-        Returns (metrics, [the update's row])."""
-        a = self.run_cfg.algorithm
-        micro = data_parallel_microbatches(batch, 0, 1, self.micro_batch_size)
-        lr = self.scheduler.get_lr(self.optimizer.param_groups[0])
-        result = train_step(self.policy, self.optimizer, micro, len(micro), self.forward_step(),
-                            batch["tokens"].shape[1], self.micro_batch_size, scheduler=self.scheduler)
-        synced = False
-        if result.update_successful:
+    def collate(self, rows: list, pad_token_id: int) -> dict:
+        return collate(rows, pad_token_id, self.seq_multiple)
+
+    def after_update(self, applied: bool) -> None:
+        """Count the applied optimizer step; every steps_for_target_q_sync of them, the target sync."""
+        self.synced = False
+        if applied:
             self.updates += 1
-            if self.updates % a.steps_for_target_q_sync == 0:
-                synced = True
+            if self.updates % self.run_cfg.algorithm.steps_for_target_q_sync == 0:
+                self.synced = True
                 if self.heads is not None:
-                    self.heads.sync_targets(a.alpha)
-        self._weights_changed([p for p in self.policy.module.gpt.parameters() if p.requires_grad])
-        metrics = {**result.metrics, "lr": lr, "grad_norm": float(result.grad_norm or 0.0),
-                   "updates": self.updates, "target_synced": float(synced)}
-        return metrics, [{"epoch": 0, "minibatch": 0, "staleness": 0, **metrics}]
+                    self.heads.sync_targets(self.run_cfg.algorithm.alpha)
+
+    def update_metrics(self) -> dict:
+        return {"updates": self.updates, "target_synced": float(self.synced)}
 
     def algorithm_state(self) -> dict:
         return {**super().algorithm_state(), "optimizer_updates": self.updates}

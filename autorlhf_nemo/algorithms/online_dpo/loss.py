@@ -5,8 +5,11 @@ lowest; a pair whose scores tie carries no preference and is dropped (weight 0).
 With log-probs summed over the response tokens (of the sampled distribution),
 
     margin = (log pi(y_c) - log pi_ref(y_c)) - (log pi(y_r) - log pi_ref(y_r))
-    sigmoid: loss = -log sigmoid(beta margin)           (DPO)
+    sigmoid: loss = -(1 - eps) log sigmoid(beta margin) - eps log sigmoid(-beta margin)
+                                                        (DPO; eps > 0: cDPO's label smoothing)
     ipo:     loss = (margin - 1 / (2 beta))^2           (IPO, as TRL's online DPO)
+
+Offline DPO (algorithms/dpo) uses the same loss, on sums or per-token means of the log-probs.
 
 The implicit rewards are beta (log pi - log pi_ref) of each side; their margin's sign
 is the preference accuracy.
@@ -30,8 +33,10 @@ def preference_pairs(scores: torch.Tensor, samples_per_prompt: int) -> tuple[tor
 
 def dpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, ref_chosen_logps: torch.Tensor,
              ref_rejected_logps: torch.Tensor, beta: float, loss_type: str = "sigmoid",
-             weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """Per-pair inputs [n] (sequence log-prob sums); ``weights`` [n]: 0 drops a pair (a tie).
+             weights: torch.Tensor | None = None, label_smoothing: float = 0.0
+             ) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Per-pair inputs [n] (sequence log-probs); ``weights`` [n]: 0 drops a pair (a tie);
+    ``label_smoothing``: cDPO's eps (sigmoid only).
 
     Returns (sum of weighted losses, number of pairs kept, {name: (sum, count)}) with the
     kept pairs' implicit rewards (rewards_chosen, rewards_rejected), their margin and the
@@ -41,7 +46,7 @@ def dpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, ref_chose
     rejected = rejected_logps - ref_rejected_logps
     margin = chosen - rejected
     if loss_type == "sigmoid":
-        losses = -F.logsigmoid(beta * margin)
+        losses = -F.logsigmoid(beta * margin) * (1 - label_smoothing) - F.logsigmoid(-beta * margin) * label_smoothing
     elif loss_type == "ipo":
         losses = (margin - 1 / (2 * beta)) ** 2
     else:
