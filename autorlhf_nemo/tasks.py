@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from autorlhf_nemo.config.schema import SUPERVISED_ALGORITHMS, RootConfig
+from autorlhf_nemo.config.schema import OFFLINE_ALGORITHMS, SUPERVISED_ALGORITHMS, RootConfig
 from autorlhf_nemo.config.validate import ConfigError
 from autorlhf_nemo.versions import chat_prompt_ids
 
@@ -54,7 +54,11 @@ class TokenizerCodec:
     def __init__(self, tokenizer, chat_template: bool):
         self.tokenizer, self.chat_template = tokenizer, chat_template
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text) -> list[int]:
+        """A prompt's ids: a string (in the chat template as the user's message with task.chat_template),
+        or a list of {"role", "content"} messages (always in the chat template, as data/encode.py)."""
+        if isinstance(text, (list, tuple)):
+            return chat_prompt_ids(self.tokenizer, list(text))
         if self.chat_template:
             return chat_prompt_ids(self.tokenizer, [{"role": "user", "content": text}])
         return self.tokenizer.encode(text, add_special_tokens=False)
@@ -180,9 +184,12 @@ def _custom(cfg: RootConfig, prompts: Sequence[str] | None, reward_fn: Callable 
         codec, eos, pad = _hf_codec(cfg)
         return Task("custom", list(prompts or []), list(eval_prompts or []), reward_fn or no_reward, codec.encode,
                     codec.decode, eos, pad, _load_hf_weights, tokenizer=codec.tokenizer)
+    if not offline and _reads_prompt_dataset(cfg):
+        prompts = prompts if prompts is not None else []  # replaced by data.path's (build_task)
     if not offline and (prompts is None or reward_fn is None):
         raise ConfigError(["task=custom needs prompts and a reward_fn: pass them to "
-                           "autorlhf_nemo.train(prompts=..., reward_fn=...) or pick task=randomwalks|sentiment"])
+                           "autorlhf_nemo.train(prompts=..., reward_fn=...) (or prompts from data.path=...) "
+                           "or pick task=randomwalks|sentiment"])
     if (samples is None) != (rewards is None):
         raise ConfigError(["offline data needs both samples and rewards: autorlhf_nemo.train(samples=..., rewards=...)"])
     codec, eos, pad = _hf_codec(cfg)
@@ -202,16 +209,55 @@ def _custom(cfg: RootConfig, prompts: Sequence[str] | None, reward_fn: Callable 
                 **fields)
 
 
+# The loader's types with a prompt column: an RL run's prompt dataset gives it only that column.
+PROMPT_TYPES = ("prompt_only", "prompt_completion", "preference")
+
+
+def _reads_prompt_dataset(cfg: RootConfig) -> bool:
+    """Whether data.path gives an online algorithm its prompts (instead of the task's own)."""
+    return cfg.algorithm is not None and cfg.algorithm.name not in OFFLINE_ALGORITHMS and cfg.data.path is not None
+
+
+def _with_prompt_dataset(cfg: RootConfig, task: Task) -> Task:
+    """``task`` with the ``prompt`` column of data.path (data/loader.py) as its training prompts, and
+    the held-out rows' prompts (data.eval_split or data.eval_fraction; at most task.num_eval_prompts)
+    as its evaluation prompts; with nothing held out, the first task.num_eval_prompts training prompts,
+    which the report names."""
+    from autorlhf_nemo.data.loader import load_splits
+
+    if task.tokenizer is None:
+        raise ConfigError([f"data.path gives prompts as text, and task={task.name} has no tokenizer: use "
+                           f"task=custom or task=sentiment"])
+    d = cfg.data
+    splits = load_splits(dataset_path(d.path), split=d.split, eval_split=d.eval_split,
+                         eval_fraction=None if d.eval_split or not d.eval_fraction else d.eval_fraction,
+                         limit=d.limit, columns=dict(d.columns), seed=cfg.train.seed, allowed=PROMPT_TYPES)
+    task.prompts = list(splits.train["prompt"])
+    n = cfg.task.num_eval_prompts
+    if splits.eval is not None and len(splits.eval):
+        task.eval_prompts = list(splits.eval["prompt"])[:n]
+        task.eval_set = f"{len(task.eval_prompts)} held-out rows of {splits.source}"
+    else:
+        task.eval_prompts = task.prompts[:n]
+        task.eval_set = f"first {len(task.eval_prompts)} training prompts of {splits.source}; none held out"
+    return task
+
+
 def build_task(cfg: RootConfig, prompts: Sequence[str] | None = None, reward_fn: Callable | None = None,
                eval_prompts: Sequence[str] | None = None, samples=None, rewards=None) -> Task:
     """The task ``cfg.task.name`` names; ``custom`` takes prompts and reward_fn (or offline
-    samples and rewards) from the caller."""
+    samples and rewards) from the caller. An online algorithm with data.path takes its prompts
+    from that dataset instead (``_with_prompt_dataset``)."""
     name = cfg.task.name
+    if _reads_prompt_dataset(cfg) and (prompts is not None or eval_prompts is not None):
+        raise ConfigError(["prompts come from data.path or from train(prompts=...), not both: drop one"])
     if name == "custom":
-        return _custom(cfg, prompts, reward_fn, eval_prompts, samples, rewards)
-    if prompts is not None or reward_fn is not None or samples is not None:
+        task = _custom(cfg, prompts, reward_fn, eval_prompts, samples, rewards)
+    elif prompts is not None or reward_fn is not None or samples is not None:
         raise ConfigError([f"task={name} brings its own prompts and reward: use task=custom to pass yours"])
-    builders = {"randomwalks": _randomwalks, "sentiment": _sentiment}
-    if name not in builders:
-        raise ConfigError([f"task.name={name!r} is unknown: use one of {sorted(builders) + ['custom']}"])
-    return builders[name](cfg)
+    else:
+        builders = {"randomwalks": _randomwalks, "sentiment": _sentiment}
+        if name not in builders:
+            raise ConfigError([f"task.name={name!r} is unknown: use one of {sorted(builders) + ['custom']}"])
+        task = builders[name](cfg)
+    return _with_prompt_dataset(cfg, task) if _reads_prompt_dataset(cfg) else task

@@ -26,6 +26,51 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
+def sample_base_completions(num_prompts: int, samples_per_prompt: int, batch_prompts: int, algorithm: str,
+                            overrides: list[str], first_prompt: int = 0) -> tuple[list[dict], float, float]:
+    """The sentiment task's base policy's completions of training prompts first_prompt ..
+    first_prompt + num_prompts - 1, samples_per_prompt each, VADER-scored: ({"prompt", "output",
+    "reward"} rows, generation seconds, model load seconds). Row seed = the row's index counted from
+    prompt 0, so a rerun (or a longer run) draws the same completions."""
+    from autorlhf_nemo.config.compose import compose_typed_config
+    from autorlhf_nemo.generation import Generator, SamplingParams, matmul
+    from autorlhf_nemo.models.gpt import build_model
+    from autorlhf_nemo.parallel.runtime import initialize, shutdown
+    from autorlhf_nemo.tasks import build_task
+
+    # The policy, as a run builds it (jobs.py, algorithms/base.py): task, runtime, trunk, weights.
+    start = time.perf_counter()
+    cfg = compose_typed_config([f"algorithm={algorithm}", "task=sentiment", *overrides])
+    task = build_task(cfg)
+    runtime = initialize(cfg)
+    gpt = build_model(cfg)
+    task.init_weights(gpt, cfg, runtime)
+    generator = Generator(gpt, cfg.model.vocab_size, task.pad_token_id,
+                          pack_weights=matmul.packing_available(runtime.device, gpt.config.params_dtype))
+    load_seconds = time.perf_counter() - start
+
+    if not 0 < first_prompt + num_prompts <= len(task.prompts):
+        raise SystemExit(f"prompts {first_prompt}..{first_prompt + num_prompts - 1}: the task has {len(task.prompts)} training prompts")
+    prompts = task.prompts[first_prompt:first_prompt + num_prompts]
+    k = samples_per_prompt
+    sampling = dataclasses.asdict(cfg.task.sampling)
+    rows = []
+    start = time.perf_counter()
+    for first in range(0, len(prompts), batch_prompts):
+        batch = prompts[first:first + batch_prompts]
+        params = SamplingParams(**sampling, eos_token_ids=task.eos_token_ids, seed=cfg.train.seed,
+                                row_seeds=[(first_prompt + first) * k + r for r in range(len(batch) * k)])
+        generation = generator.generate([task.encode(p) for p in batch], params, samples_per_prompt=k)
+        outputs = [task.decode(r) for r in generation.responses()]
+        texts = [p for p in batch for _ in range(k)]
+        rewards = task.reward_fn([p + o for p, o in zip(texts, outputs)], texts, outputs)
+        rows += [{"prompt": p, "output": o, "reward": float(r)} for p, o, r in zip(texts, outputs, rewards)]
+        print(f"  {first + len(batch)}/{len(prompts)} prompts, {time.perf_counter() - start:.1f} s", flush=True)
+    generate_seconds = time.perf_counter() - start
+    shutdown()
+    return rows, generate_seconds, load_seconds
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", type=int, default=512, help="the first N training prompts")
@@ -37,43 +82,8 @@ def main():
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides (e.g. model.params_dtype=bfloat16)")
     args = parser.parse_args()
 
-    from autorlhf_nemo.config.compose import compose_typed_config
-    from autorlhf_nemo.generation import Generator, SamplingParams, matmul
-    from autorlhf_nemo.models.gpt import build_model
-    from autorlhf_nemo.parallel.runtime import initialize, shutdown
-    from autorlhf_nemo.tasks import build_task
-
-    # The policy, as a run builds it (jobs.py, algorithms/base.py): task, runtime, trunk, weights.
-    start = time.perf_counter()
-    cfg = compose_typed_config([f"algorithm={args.algorithm}", "task=sentiment", *args.overrides])
-    task = build_task(cfg)
-    runtime = initialize(cfg)
-    gpt = build_model(cfg)
-    task.init_weights(gpt, cfg, runtime)
-    generator = Generator(gpt, cfg.model.vocab_size, task.pad_token_id,
-                          pack_weights=matmul.packing_available(runtime.device, gpt.config.params_dtype))
-    load_seconds = time.perf_counter() - start
-
-    if not 0 < args.prompts <= len(task.prompts):
-        raise SystemExit(f"--prompts={args.prompts} must be in [1, {len(task.prompts)}] (the task's training prompts)")
-    prompts = task.prompts[:args.prompts]
-    k = args.samples_per_prompt
-    sampling = dataclasses.asdict(cfg.task.sampling)
-    rows = []
-    start = time.perf_counter()
-    for first in range(0, len(prompts), args.batch_prompts):
-        batch = prompts[first:first + args.batch_prompts]
-        params = SamplingParams(**sampling, eos_token_ids=task.eos_token_ids, seed=cfg.train.seed,
-                                row_seeds=[first * k + r for r in range(len(batch) * k)])
-        generation = generator.generate([task.encode(p) for p in batch], params, samples_per_prompt=k)
-        outputs = [task.decode(r) for r in generation.responses()]
-        texts = [p for p in batch for _ in range(k)]
-        rewards = task.reward_fn([p + o for p, o in zip(texts, outputs)], texts, outputs)
-        rows += [{"prompt": p, "output": o, "reward": float(r)} for p, o, r in zip(texts, outputs, rewards)]
-        print(f"  {first + len(batch)}/{len(prompts)} prompts, {time.perf_counter() - start:.1f} s", flush=True)
-    generate_seconds = time.perf_counter() - start
-    shutdown()
-
+    rows, generate_seconds, load_seconds = sample_base_completions(args.prompts, args.samples_per_prompt,
+                                                                   args.batch_prompts, args.algorithm, args.overrides)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w") as f:
         f.writelines(json.dumps(row) + "\n" for row in rows)

@@ -267,3 +267,23 @@ def test_the_papers_7_plus_1_split_does_not_fit_with_megatron():
     assert proc.returncode == 2
     need = float(re.search(r"stage 0 needs ([\d.]+) GiB per GPU", proc.stderr).group(1))
     assert need > 100 and "weight-sync snapshot 15.0" in proc.stderr
+
+
+@pytest.mark.parametrize("size,layout", [("8b", (2, 1, 4)), ("70b", (8, 4, 1))])
+def test_sft_and_dpo_recipes_fit_and_count_the_reference_where_it_is_resident(size, layout):
+    """SFT and DPO recipes: no reference (precomputed); DPO with reference=online holds a full frozen
+    copy (as many parameters as the trunk), unless offloaded; the micro-batches of a DPO step count
+    its pairs twice (2 sequences each)."""
+    plans = {}
+    for name, extra in (("sft", []), ("dpo", []), ("online", ["algorithm.reference=online"]),
+                        ("offloaded", ["algorithm.reference=online", "algorithm.offload_reference=true"])):
+        proc = plan_cli(f"recipe=llama3_{size}_{'sft' if name == 'sft' else 'dpo'}", *extra)
+        assert proc.returncode == 0, proc.stderr
+        plans[name] = json.loads(proc.stdout)
+        assert (plans[name]["tp"], plans[name]["pp"], plans[name]["dp"]) == layout
+        assert plans[name]["problems"] == [] and all(m["peak"] < 80 * GIB for m in plans[name]["memory"])
+    for name in ("sft", "dpo", "offloaded"):
+        assert all(m["reference"] == 0 for m in plans[name]["memory"]), name
+    assert all(c["reference"] == c["trunk"] for c in plans["online"]["counts"])
+    assert all(m["reference"] > 0 for m in plans["online"]["memory"])
+    assert plans["dpo"]["memory"] == plans["sft"]["memory"]   # 64 pairs = 128 sequences, as SFT's 128 rows

@@ -244,6 +244,8 @@ BAD = [
     (["algorithm=dpo", "algorithm.loss_type=ipo", "algorithm.label_smoothing=0.1"], "label_smoothing"),
     (["algorithm=dpo", "algorithm.label_smoothing=0.5"], "label_smoothing=0.5 is out of range"),
     (["algorithm=dpo", "data.pack=true"], "data.pack=true applies to algorithm=sft"),
+    (["algorithm=ppo", "data.pack=true"], "data.pack=true applies to algorithm=sft"),
+    (["algorithm=dpo", "algorithm.offload_reference=true"], "offload_reference=true applies with algorithm.reference=online"),
     (["algorithm=sft", "algorithm.epochs=2"], "does not apply to algorithm=sft"),
     (["algorithm=sft", "data.eval_fraction=1.0"], "data.eval_fraction=1.0 is out of range"),
     (["algorithm=sft", "algorithm.num_epochs=0"], "num_epochs=0.0 is out of range"),
@@ -262,3 +264,35 @@ def test_defaults_train_smollm2():
     cfg = compose_config(["algorithm=sft"])
     assert cfg.model.name == "smollm2_135m" and cfg.data.eval_fraction == 0.05
     assert compose_config(["algorithm=dpo", "model=tiny_llama"]).model.name == "tiny_llama"
+
+
+# ---------------------------------------------------------------- RL prompts from a dataset
+def test_rl_prompts_from_data_path_replace_the_tasks(tmp_path):
+    """task=sentiment keeps its reward and takes data.path's prompt column, the held-out rows as its
+    evaluation prompts; message-list prompts go through the chat template; a bad row is named."""
+    import json
+
+    from autorlhf_nemo.config.schema import typed_config
+    from autorlhf_nemo.tasks import build_task
+    from autorlhf_nemo.versions import chat_prompt_ids
+
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"Review film number {i}.", "completion": " ok"}) + "\n"
+                            for i in range(20)))
+    cfg = typed_config(compose_config(["algorithm=ppo", "task=sentiment", f"data.path={path}", "data.eval_fraction=0.2"]))
+    task = build_task(cfg)
+    assert len(task.prompts) == 16 and len(task.eval_prompts) == 4
+    assert sorted(task.prompts + task.eval_prompts) == sorted(f"Review film number {i}." for i in range(20))
+    assert task.eval_set == f"4 held-out rows of {path}" and task.reward_fn.__class__.__name__ == "VaderReward"
+    messages = [{"role": "user", "content": "Hi"}]
+    assert task.encode(messages) == chat_prompt_ids(task.tokenizer, messages)
+
+    chat = tmp_path / "chat_prompts.jsonl"
+    chat.write_text(json.dumps({"prompt": messages}) + "\n" + json.dumps({"prompt": None}) + "\n")
+    from autorlhf_nemo.data.loader import DataError
+
+    with pytest.raises(DataError, match="row 1: 'prompt' is missing"):
+        build_task(typed_config(compose_config(["algorithm=grpo", "task=sentiment", f"data.path={chat}"])))
+    with pytest.raises(ConfigError, match="not both"):
+        build_task(typed_config(compose_config(["algorithm=ppo", f"data.path={path}"])), prompts=["x"],
+                   reward_fn=lambda samples, **_: [0.0] * len(samples))

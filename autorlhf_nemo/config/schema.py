@@ -447,9 +447,11 @@ class TaskConfig:
 
 @dataclass
 class DataConfig:
-    """A dataset, through Hugging Face ``datasets`` (data/loader.py): SFT's and DPO's training data.
-    Its columns decide its type (TRL's names): prompt + completion, messages, text (SFT); prompt +
-    chosen + rejected, or chosen + rejected with the prompt as their common start (DPO)."""
+    """A dataset, through Hugging Face ``datasets`` (data/loader.py): SFT's and DPO's training data,
+    or an online algorithm's prompts. Its columns decide its type (TRL's names): prompt + completion,
+    messages, text (SFT); prompt + chosen + rejected, or chosen + rejected with the prompt as their
+    common start (DPO); prompt (PPO, online DPO, RLOO, GRPO: replaces the task's prompts, the task
+    keeping its reward)."""
 
     path: Optional[str] = None
     """A local .jsonl/.json/.parquet/.csv file or datasets directory (relative: from the working

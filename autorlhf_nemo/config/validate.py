@@ -551,6 +551,9 @@ def _algorithm_problems(values: dict) -> list[str]:
         problems += _ilql_problems(a)
     if name in SUPERVISED_ALGORITHMS:
         problems += _supervised_problems(values)
+    if values["data"]["pack"] and name != "sft":
+        problems.append(f"data.pack=true applies to algorithm=sft (samples packed into rows), not to algorithm={name}: "
+                        f"set data.pack=false")
     if name in ("online_dpo", "rloo", "grpo") and a["samples_per_prompt"] < 2:
         problems.append(f"algorithm={name} compares the samples of a prompt: algorithm.samples_per_prompt="
                         f"{a['samples_per_prompt']} must be at least 2")
@@ -578,9 +581,19 @@ ONLINE_ONLY = ("prompts_per_step", "samples_per_prompt", "epochs", "minibatches"
 
 def _offline_problems(a: dict) -> list[str]:
     defaults = AlgorithmConfig()
-    return [f"algorithm.{key}={a[key]!r} does not apply to algorithm={a['name']} (offline: each of "
-            f"train.total_steps optimizer steps trains on train.global_batch_size dataset rows): remove it"
-            for key in ONLINE_ONLY if a[key] != getattr(defaults, key)]
+    online_reference = a["name"] == "dpo" and a["reference"] == "online"
+    problems = []
+    for key in ONLINE_ONLY:
+        if a[key] == getattr(defaults, key) or (key == "offload_reference" and online_reference):
+            continue
+        if key == "offload_reference" and a["name"] == "dpo":
+            problems.append("algorithm.offload_reference=true applies with algorithm.reference=online (a precomputed "
+                            "reference has no model to offload): set reference=online or remove it")
+            continue
+        problems.append(f"algorithm.{key}={a[key]!r} does not apply to algorithm={a['name']} (offline: each of "
+                        f"train.total_steps optimizer steps trains on train.global_batch_size dataset rows): "
+                        f"remove it")
+    return problems
 
 
 def _supervised_problems(values: dict) -> list[str]:
@@ -594,13 +607,11 @@ def _supervised_problems(values: dict) -> list[str]:
         if t["micro_batch_size"] % 2:
             problems.append(f"algorithm=dpo trains on (chosen, rejected) pairs, which a micro-batch must hold whole: "
                             f"train.micro_batch_size={t['micro_batch_size']} must be even")
-        if d["pack"]:
-            problems.append("data.pack=true applies to algorithm=sft: a DPO row is a (chosen, rejected) pair; "
-                            "set data.pack=false")
     return problems
 
 
 def _ilql_problems(a: dict) -> list[str]:
+    problems = []
     betas = a["betas"]
     if not betas or any(not _at_least(0).holds(b) for b in betas):
         problems.append(f"algorithm.betas={betas}: give one or more decoding strengths >= 0 (0: the policy alone)")

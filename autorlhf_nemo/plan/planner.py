@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from autorlhf_nemo.config.schema import ILQLConfig, RootConfig, typed_config
+from autorlhf_nemo.config.schema import (OFFLINE_ALGORITHMS, SUPERVISED_ALGORITHMS, ILQLConfig, RootConfig,
+                                         typed_config)
 from autorlhf_nemo.config.validate import ConfigError, learner_rows_per_prompt, validate_config
 from autorlhf_nemo.models.gpt import padded_vocab_size
 from autorlhf_nemo.parallel.placement import Placement
@@ -117,7 +118,7 @@ class Plan:
                     + ("" if self.distributed_optimizer else ", set parallel.use_distributed_optimizer=true")
                     + ("" if self.recompute == "full" else ", set train.recompute=full")
                     + ", or lower train.micro_batch_size / train.seq_length / "
-                    + ("task.num_eval_prompts" if self.ilql_heads else "algorithm.prompts_per_step"))
+                    + ("task.num_eval_prompts" if self.algorithm in OFFLINE_ALGORITHMS else "algorithm.prompts_per_step"))
         g = self.generator
         if g is not None and g.peak > self.gpu_memory:
             problems.append(
@@ -163,6 +164,10 @@ def plan_layout(cfg) -> Plan:
     if ilql is not None:  # offline: train.global_batch_size samples a step; generation only to evaluate
         micro_batches = t.global_batch_size // (dp * t.micro_batch_size)
         generation_batch = -(-cfg.task.num_eval_prompts // dp)
+    elif a is not None and a.name in SUPERVISED_ALGORITHMS:  # SFT, DPO: a dataset; decoding only to evaluate
+        rows = t.global_batch_size * (2 if a.name == "dpo" else 1)  # DPO: pairs of sequences
+        micro_batches = rows // (dp * t.micro_batch_size)
+        generation_batch = -(-cfg.task.num_eval_prompts // dp) if a.eval_generation else 0
     elif a is not None:
         rollouts = a.prompts_per_step * a.samples_per_prompt
         learner_rows = a.prompts_per_step * learner_rows_per_prompt(a.name, a.samples_per_prompt)
