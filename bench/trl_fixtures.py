@@ -1,6 +1,6 @@
 """Write tests/fixtures/trl_losses.json: TRL's own loss code run on fixed tensors.
 
-The test suite checks this project's GRPO, RLOO and online DPO losses (values and gradients
+The test suite checks this project's GRPO, RLOO, online DPO and offline DPO losses (values and gradients
 with respect to the per-token log-probs) against what TRL computes from the same inputs,
 without TRL as a test dependency: this script runs once, in an environment with TRL
 (`bash bench/trl_env.sh` makes .venv-trl), and its output is committed.
@@ -119,6 +119,31 @@ def online_dpo(x: dict, loss_type: str, beta: float, missing_eos_penalty: float 
     return {"loss": loss.item(), "grad": policy.grad.tolist(), "metrics": {k: v[-1] for k, v in trainer.stats.items()}}
 
 
+def dpo(x: dict, loss_type: str, beta: float) -> dict:
+    """Offline DPO: TRL's ``DPOTrainer._compute_loss`` with the model forward replaced by the fixed
+    per-token log-probs (rows 0..2 chosen, 3..5 their rejected: TRL's [chosen, rejected] halves),
+    the reference's sums precomputed (its ``precompute_ref_logps`` path)."""
+    from trl.trainer.dpo_trainer import DPOTrainer
+
+    trainer = object.__new__(DPOTrainer)
+    per_token = x["logps"].clone().requires_grad_()
+    zeros = torch.zeros(B, T)
+    outputs = SimpleNamespace(log_probs=per_token, entropy=zeros, mean_logits=zeros, is_top1=zeros.bool())
+    vars(trainer).update(
+        model=SimpleNamespace(training=True), accelerator=_accelerator(), aux_loss_enabled=False, ld_alpha=None,
+        precompute_ref_logps=True, f_divergence_type="reverse_kl", loss_types=[loss_type], loss_weights=[1.0],
+        beta=beta, label_smoothing=0.0, use_weighting=False, _total_train_tokens=0, _tp_size=1,
+        _metrics={"train": defaultdict(list), "eval": defaultdict(list)})
+    completion_mask = torch.cat([torch.zeros(B, 1), x["mask"]], 1).long()   # one prompt token, then T
+    ref = (x["ref_logps"] * x["mask"]).sum(1)
+    inputs = {"input_ids": torch.full((B, T + 1), 7), "attention_mask": torch.ones(B, T + 1, dtype=torch.long),
+              "completion_mask": completion_mask, "ref_chosen_logps": ref[:B // 2], "ref_rejected_logps": ref[B // 2:]}
+    loss = trainer._compute_loss(lambda **kwargs: outputs, inputs, return_outputs=False)
+    loss.backward()
+    return {"loss": loss.item(), "grad": per_token.grad.tolist(),
+            "metrics": {k: v[-1] for k, v in trainer._metrics["train"].items()}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=OUT)
@@ -141,6 +166,8 @@ def main() -> None:
                            "trl": online_dpo(x, "ipo", 0.5, None)},
         "online_dpo_eos_penalty": {"config": {"loss_type": "sigmoid", "beta": 0.1, "missing_eos_penalty": 1.0},
                                    "trl": online_dpo(x, "sigmoid", 0.1, 1.0)},
+        "dpo_sigmoid": {"config": {"loss_type": "sigmoid", "beta": 0.1}, "trl": dpo(x, "sigmoid", 0.1)},
+        "dpo_ipo": {"config": {"loss_type": "ipo", "beta": 0.5}, "trl": dpo(x, "ipo", 0.5)},
     }
     fixture = {"versions": {"trl": trl.__version__, "transformers": transformers.__version__,
                             "torch": torch.__version__},

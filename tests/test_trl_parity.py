@@ -86,6 +86,34 @@ def test_online_dpo_loss_equals_trls(case):
         assert (total / count).item() == pytest.approx(metrics[theirs], abs=1e-6), (case, ours)
 
 
+@pytest.mark.parametrize("case", ["dpo_sigmoid", "dpo_ipo"])
+def test_offline_dpo_loss_equals_trls(case):
+    """TRL's DPOTrainer on the fixed log-probs (rows 0..2 chosen, 3..5 rejected; the reference's sums
+    precomputed): loss, gradient w.r.t. the per-token log-probs and the reported rewards, margins,
+    accuracies and log-probs (IPO on per-token means, its reports on sums, as TRL's)."""
+    from autorlhf_nemo.algorithms.dpo.model import dpo_pair_loss
+
+    c = FIXTURE["cases"][case]["config"]
+    pairs = X["mask"].shape[0] // 2
+    order = torch.stack([torch.arange(pairs), torch.arange(pairs) + pairs], dim=1).flatten()  # ours: c0, r0, c1, ...
+    logps = X["logps"].clone().requires_grad_()
+    batch = {"response_mask": X["mask"][order], "ref_logps": sequence_sums(X["ref_logps"], X["mask"])[order]}
+    loss, count, stats = dpo_pair_loss(logps[order], batch, c["beta"], c["loss_type"], 0.0, 0.0,
+                                       average=c["loss_type"] == "ipo")
+    (loss / count).backward()
+    expected = FIXTURE["cases"][case]["trl"]
+    assert (loss / count).item() == pytest.approx(expected["loss"], abs=1e-6)
+    # TRL sums its model's log-probs over every position (0 where labels are -100, so no gradient reaches
+    # the model there); the fixed tensor's padding positions get its gradient, ours are masked out
+    assert torch.allclose(logps.grad, torch.tensor(expected["grad"]) * X["mask"], atol=1e-7)
+    metrics = FIXTURE["cases"][case]["trl"]["metrics"]
+    for ours, theirs in (("rewards_chosen", "rewards/chosen"), ("rewards_rejected", "rewards/rejected"),
+                         ("margin", "rewards/margins"), ("accuracy", "rewards/accuracies"),
+                         ("logps_chosen", "logps/chosen"), ("logps_rejected", "logps/rejected")):
+        total, n = stats[ours]
+        assert (total / n).item() == pytest.approx(metrics[theirs], abs=1e-5), (case, ours)
+
+
 def test_missing_eos_penalty_changes_the_preferences_as_in_trl():
     """The penalty flips two of the three pairs (the same in TRL's case: its loss differs from the
     unpenalised one)."""

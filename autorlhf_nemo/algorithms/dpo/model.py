@@ -35,20 +35,24 @@ def dpo_pair_loss(logprobs: torch.Tensor, batch: dict, beta: float, loss_type: s
     """``logprobs`` [2n, R] of the response tokens of n pairs (c0, r0, c1, r1, ...); the batch's
     ``ref_logps`` [2n] (sums), ``response_mask`` [2n, R] and optional ``row_weight`` [2n]. Returns
     (sum of the pairs' losses, pairs counted, reports): dpo_loss's, plus logps_chosen /
-    logps_rejected (of the policy, as the loss sees them) and nll_chosen (mean per token)."""
+    logps_rejected (sums) and nll_chosen (mean per token). With ``average`` the loss sees per-token
+    means; the implicit rewards, margin and accuracy stay beta x the summed log-ratios (as TRL reports them)."""
     mask = batch["response_mask"]
     tokens = mask.sum(-1).clamp(min=1)
-    logps, ref = sequence_sums(logprobs, mask), batch["ref_logps"].to(logprobs.dtype)
-    if average:
-        logps, ref = logps / tokens, ref / tokens
+    sums, ref_sums = sequence_sums(logprobs, mask), batch["ref_logps"].to(logprobs.dtype)
+    logps, ref = (sums / tokens, ref_sums / tokens) if average else (sums, ref_sums)
     weights = batch[ROW_WEIGHT][0::2] if ROW_WEIGHT in batch else torch.ones_like(logps[0::2])
     loss, count, stats = dpo_loss(logps[0::2], logps[1::2], ref[0::2], ref[1::2], beta, loss_type, weights,
                                   label_smoothing)
+    if average:
+        with torch.no_grad():
+            stats.update(dpo_loss(sums[0::2], sums[1::2], ref_sums[0::2], ref_sums[1::2], beta, loss_type, weights,
+                                  label_smoothing)[2])
     nll = -sequence_sums(logprobs, mask)[0::2] / tokens[0::2]
     if sft_weight:
         loss = loss + sft_weight * (nll * weights).sum()
-    stats.update(logps_chosen=((logps[0::2] * weights).sum().detach(), count),
-                 logps_rejected=((logps[1::2] * weights).sum().detach(), count),
+    stats.update(logps_chosen=((sums[0::2] * weights).sum().detach(), count),
+                 logps_rejected=((sums[1::2] * weights).sum().detach(), count),
                  nll_chosen=((nll * weights).sum().detach(), count))
     return loss, count, stats
 
