@@ -33,7 +33,8 @@ PY312_TESTS ?= tests/test_versions.py tests/test_cpu_compat.py tests/test_config
 	tests/test_async.py::test_split_resume_after_sigkill_at_staleness_0_continues_exactly \
 	tests/test_convert.py tests/test_smollm2.py tests/test_run_checkpoint.py tests/test_device_check.py \
 	tests/test_imports.py tests/test_docs.py::test_reference_is_current \
-	tests/test_docs.py::test_every_field_of_every_schema_has_a_description
+	tests/test_docs.py::test_every_field_of_every_schema_has_a_description \
+	tests/test_data_loader.py tests/test_data_encode.py tests/test_supervised.py
 
 .PHONY: install test demo docs clean install-py312 test-py312
 

@@ -168,8 +168,13 @@ def supervised_data(cfg: RootConfig, task, dataset=None):
         raise ConfigError([f"algorithm={cfg.algorithm.name} encodes text with a tokenizer, which task={task.name} "
                            f"does not have: use task=custom (the default) or task=sentiment with a model that has "
                            f"an HF checkpoint (model.hf_checkpoint)"])
+    from autorlhf_nemo.models.gpt import transformer_engine_available
     from autorlhf_nemo.tasks import dataset_path
 
+    if cfg.data.pack and cfg.train.micro_batch_size > 1 and transformer_engine_available():
+        raise ConfigError([f"data.pack=true under Transformer Engine takes one packed row per micro-batch (its thd "
+                           f"format): set train.micro_batch_size=1 (got {cfg.train.micro_batch_size}; a packed row "
+                           f"already holds several samples)"])
     source = dataset if dataset is not None or cfg.data.path is None else dataset_path(cfg.data.path)
     return load_supervised(cfg.algorithm.name, cfg.data, task.tokenizer, cfg.data.max_length or cfg.train.seq_length,
                            cfg.train.seed, source)
@@ -181,11 +186,17 @@ def with_epochs(cfg: RootConfig, rows: int) -> RootConfig:
     import dataclasses
     import math
 
-    epochs = cfg.algorithm.num_epochs
+    epochs, t = cfg.algorithm.num_epochs, cfg.train
     if epochs is None:
         return cfg
-    steps = max(1, math.ceil(epochs * rows / cfg.train.global_batch_size))
-    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, total_steps=steps))
+    steps = max(1, math.ceil(epochs * rows / t.global_batch_size))
+    if t.lr_warmup_steps >= (t.lr_decay_steps or steps):  # validate_config left this rule to here
+        raise ConfigError([f"train.lr_warmup_steps={t.lr_warmup_steps} must be below the run's "
+                           + (f"train.lr_decay_steps={t.lr_decay_steps}" if t.lr_decay_steps else
+                              f"{steps} optimizer steps (algorithm.num_epochs={epochs:g} x {rows} rows / "
+                              f"train.global_batch_size={t.global_batch_size})")
+                           + ": shorten the warm-up or train longer"])
+    return dataclasses.replace(cfg, train=dataclasses.replace(t, total_steps=steps))
 
 
 def _eval_prompts(cfg: RootConfig, task, data) -> tuple:

@@ -250,6 +250,8 @@ BAD = [
     (["algorithm=sft", "data.eval_fraction=1.0"], "data.eval_fraction=1.0 is out of range"),
     (["algorithm=sft", "algorithm.num_epochs=0"], "num_epochs=0.0 is out of range"),
     (["algorithm=dpo", "algorithm.reference=frozen"], "algorithm.reference='frozen'"),
+    (["algorithm=sft", "data.max_length=256", "train.seq_length=128"], "data.max_length=256 is out of range"),
+    (["algorithm=ilql", "task=randomwalks", "data.path=x.jsonl"], "does not feed algorithm=ilql"),
     (["algorithm=sft", "rollout.placement=split", "rollout.generator_ranks=1"], "does not apply to algorithm=sft"),
 ]
 
@@ -258,6 +260,34 @@ BAD = [
 def test_bad_configs_are_named(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         validate_config(compose_config(overrides), world_size=2)
+
+
+def test_epochs_set_the_steps_and_a_warmup_longer_than_them_is_refused_before_the_model():
+    """Validation leaves the warm-up rule to the data's row count with num_epochs; jobs.with_epochs
+    applies it then (Megatron's scheduler would assert after the model is built)."""
+    from autorlhf_nemo.config.schema import typed_config
+    from autorlhf_nemo.jobs import with_epochs
+
+    overrides = ["algorithm=sft", "algorithm.num_epochs=2", "train.global_batch_size=16", "train.lr_warmup_steps=10",
+                 "train.total_steps=5"]
+    validate_config(compose_config(overrides), world_size=1)   # 5 placeholder steps do not count
+    cfg = typed_config(compose_config(overrides))
+    assert with_epochs(cfg, 100).train.total_steps == 13        # ceil(2 x 100 / 16)
+    with pytest.raises(ConfigError, match=r"lr_warmup_steps=10 must be below the run's 4 optimizer steps"):
+        with_epochs(cfg, 30)
+
+
+def test_packing_under_transformer_engine_needs_one_row_per_micro_batch(monkeypatch):
+    from autorlhf_nemo.config.schema import typed_config
+    from autorlhf_nemo.jobs import supervised_data
+    from autorlhf_nemo.models import gpt
+
+    monkeypatch.setattr(gpt, "transformer_engine_available", lambda: True)
+    cfg = typed_config(compose_config(["algorithm=sft", "data.pack=true", "train.micro_batch_size=2",
+                                       "data.path=never_read.jsonl"]))
+    task = type("Task", (), {"tokenizer": object(), "name": "custom"})()
+    with pytest.raises(ConfigError, match="set train.micro_batch_size=1"):
+        supervised_data(cfg, task)
 
 
 def test_defaults_train_smollm2():

@@ -465,8 +465,8 @@ class DataConfig:
     limit: Optional[int] = None
     """Use only the first N rows (before holding out); null: all."""
     max_length: Optional[int] = None
-    """Longest sequence in tokens (prompt + response); a longer prompt loses its earliest tokens or
-    turns, a response that does not fit drops its row (both counted); null: train.seq_length."""
+    """Longest sequence in tokens (prompt + response), at most train.seq_length; a longer prompt loses its
+    earliest tokens or turns, a response that does not fit drops its row (both counted); null: train.seq_length."""
     columns: dict[str, str] = field(default_factory=dict)
     """Renames, ours: theirs (e.g. data.columns.prompt=question) for a dataset with other column names."""
     pack: bool = False

@@ -140,7 +140,7 @@ RANGES: Mapping[str, Range] = MappingProxyType({
     "task.eval_temperature": _above(0, nullable=True, note="null: task.sampling.temperature"),
     "data.eval_fraction": Range(0, 1, high_open=True, note="0: nothing held out"),
     "data.limit": _at_least(1, nullable=True, note="null: every row"),
-    "data.max_length": _at_least(2, nullable=True, note="null: train.seq_length"),
+    "data.max_length": Range(2, "train.seq_length", nullable=True, note="null: train.seq_length"),
     "checkpoint.save_every": _at_least(0, note="0: at the end only"),
     "checkpoint.keep_last": _at_least(1),
     "logging.num_samples": _at_least(0),
@@ -551,6 +551,9 @@ def _algorithm_problems(values: dict) -> list[str]:
         problems += _ilql_problems(a)
     if name in SUPERVISED_ALGORITHMS:
         problems += _supervised_problems(values)
+    if name == "ilql" and values["data"]["path"] is not None:
+        problems.append(f"data.path={values['data']['path']} does not feed algorithm=ilql: its offline data come from "
+                        f"task.dataset (JSONL rows {{\"prompt\", \"output\", \"reward\"}}); set that instead")
     if values["data"]["pack"] and name != "sft":
         problems.append(f"data.pack=true applies to algorithm=sft (samples packed into rows), not to algorithm={name}: "
                         f"set data.pack=false")
@@ -566,7 +569,8 @@ def _algorithm_problems(values: dict) -> list[str]:
     if not task["eval_greedy"] and not task["eval_seeds"]:
         problems.append("task.eval_greedy=false with no task.eval_seeds evaluates nothing: set one of them")
     decay_steps = t["lr_decay_steps"] or t["total_steps"] * a["epochs"] * a["minibatches"]
-    if t["lr_warmup_steps"] >= decay_steps:  # Megatron's scheduler asserts warm-up < decay
+    # with algorithm.num_epochs the run's steps are known once the data are (jobs.with_epochs checks it then)
+    if t["lr_warmup_steps"] >= decay_steps and a.get("num_epochs") is None:  # Megatron's scheduler asserts warm-up < decay
         decay = (f"train.lr_decay_steps={decay_steps}" if t["lr_decay_steps"] else
                  f"the run's {decay_steps} optimizer steps (total_steps x epochs x minibatches)")
         problems.append(f"train.lr_warmup_steps={t['lr_warmup_steps']} must be below {decay}: shorten the "

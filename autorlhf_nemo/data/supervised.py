@@ -151,7 +151,9 @@ def collate_sequences(rows: Sequence[Sequence[Encoded]], pad_token_id: int, pad_
     """A batch of b rows, each one or several (packed) sequences laid end to end, right-padded to
     S = the longest row rounded up to ``pad_to_multiple_of``; R = the most trained tokens in a row:
 
-        tokens [b, S]; position_ids [b, S]: restarting at 0 with every sequence
+        tokens [b, S]; position_ids [b, S]: restarting at 0 with every sequence (Megatron's RoPE
+            ignores them and rotates by the position in the row: the same attention, RoPE being
+            relative and the mask block-diagonal)
         attention_mask: local spec [b, 1, S, S], True = blocked: causal within each sequence
             (block-diagonal; padding attends only to padding); Transformer Engine [b, 1, 1, S] on
             padding for rows of one sequence, or, when a row holds several, none and

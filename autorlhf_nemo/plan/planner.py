@@ -184,7 +184,8 @@ def plan_layout(cfg) -> Plan:
         sequence_parallel=p.sequence_parallel, recompute=t.recompute, seq_length=t.seq_length // cp,
         micro_batch_size=t.micro_batch_size, micro_batches=micro_batches, generation_batch=generation_batch,
         q_heads=ilql.q_heads if ilql else 0)
-    offloaded = a is not None and a.offload_reference
+    # an offloaded reference leaves the GPU unless it shares the policy's frozen trunk (models/reference.py)
+    offloaded = a is not None and a.offload_reference and not 0 <= a.num_layers_unfrozen < m.num_layers
     memory = [
         stage_memory(shapes, stage, n.layers, n.trunk + n.head, n.trainable,
                      0 if offloaded else n.reference, t.optimizer,

@@ -107,15 +107,18 @@ class RunLogger:
             (self.bar.write if self.bar is not None else print)(text)
 
     def plot(self) -> Path | None:
-        """reward_and_kl.png: rollout score, eval reward and KL per step; loss.png for a run that
-        reports no reward (SFT, DPO): training and held-out loss, and the held-out accuracy or
-        perplexity."""
+        """reward_and_kl.png: rollout score, eval reward and KL per step (where a reward was logged);
+        loss.png where held-out losses were (SFT, DPO): training and held-out loss, and the held-out
+        accuracy or perplexity. Returns the reward plot's path, else the loss plot's."""
         if not self.enabled or not self.history:
             return None
-        if not any("rollout/score" in h or "eval/reward" in h for h in self.history):
-            return self._plot_pairs("loss.png", [("learn/loss", "training loss"), ("eval/loss", "held-out loss")],
+        loss = None
+        if any("eval/loss" in h for h in self.history):
+            loss = self._plot_pairs("loss.png", [("learn/loss", "training loss"), ("eval/loss", "held-out loss")],
                                     "loss", [("eval/accuracy", "held-out preference accuracy"),
                                              ("eval/perplexity", "held-out perplexity")])
+        if not any("rollout/score" in h or "eval/reward" in h for h in self.history):
+            return loss
         try:
             import matplotlib
         except ImportError:  # an optional output: a machine without matplotlib still finishes its run

@@ -80,24 +80,40 @@ class DPOModel(OfflineModel):
     def precompute_reference(self, splits: list[list], pad_token_id: int, run_dir: Path, log=print) -> None:
         """Fill ``reference`` of every PairRow of ``splits`` (lists of rows) with the current
         policy's (chosen, rejected) log-prob sums: read from <run_dir>/reference_logps.pt when it
-        holds these rows' (same fingerprint and model), else computed (each DP rank its share,
-        gathered to every rank) and saved there by rank 0. Call it before training starts."""
+        holds these rows' (same fingerprint, model, checkpoint, dtype and seed; rank 0 reads it and
+        broadcasts), else computed (each DP rank its share, gathered to every rank) and saved there
+        by rank 0. Call it before training starts (a resumed run: before its checkpoint loads)."""
         rows = [row for split in splits for row in split]
         path = Path(run_dir) / "reference_logps.pt"
-        key = {"fingerprint": fingerprint(rows), "model": self.run_cfg.model.name,
-               "checkpoint": self.run_cfg.model.hf_checkpoint}
-        saved = torch.load(path, weights_only=True) if path.exists() else None
-        if saved is not None and {k: saved.get(k) for k in key} == key:
-            values = saved["logps"]
+        m = self.run_cfg.model
+        key = {"fingerprint": fingerprint(rows), "model": m.name, "checkpoint": m.hf_checkpoint,
+               "params_dtype": m.params_dtype, "seed": self.run_cfg.train.seed}
+        # rank 0 alone looks at the file and tells the others (a shared file system may show it late)
+        choice = [None]
+        if dist.get_rank() == 0 and path.exists():
+            saved = torch.load(path, weights_only=True)
+            if {k: saved.get(k) for k in key} == key:
+                choice = [saved["logps"]]
+        dist.broadcast_object_list(choice, src=0)
+        values = choice[0]
+        if values is not None:
             log(f"reference log-probs of {len(rows)} pairs read from {path}")
         else:
             values = self._reference_logps(rows, pad_token_id)
+            error = [None]  # rank 0's alone: only it writes
             if dist.get_rank() == 0:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                partial = path.with_suffix(".partial")
-                torch.save({**key, "logps": values}, partial)
-                partial.replace(path)
-            log(f"reference log-probs of {len(rows)} pairs computed and saved to {path}")
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    partial = path.with_suffix(".partial")
+                    torch.save({**key, "logps": values}, partial)
+                    partial.replace(path)
+                except OSError as e:
+                    error = [f"{type(e).__name__}: {e}"]
+            if error[0] is None:
+                log(f"reference log-probs of {len(rows)} pairs computed and saved to {path}")
+            else:  # every rank holds them: train on; a resumed run computes them again (from the initial weights)
+                log(f"reference log-probs of {len(rows)} pairs computed; saving them to {path} failed ({error[0]}), "
+                    f"so a resumed run will compute them again")
         for row, (chosen, rejected) in zip(rows, values.tolist()):
             row.reference = (chosen, rejected)
 
