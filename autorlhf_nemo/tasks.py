@@ -115,12 +115,12 @@ def _offline_fields(cfg: RootConfig, codec, samples=None, rewards=None) -> dict:
     if samples is None:
         if not cfg.task.dataset:
             raise ConfigError([f"algorithm=ilql on task={cfg.task.name} needs offline data: set task.dataset="
-                               "<file.jsonl> ({\"prompt\", \"output\", \"reward\"} rows) or pass "
+                               "<file or dataset> ({\"prompt\", \"output\", \"reward\"} rows) or pass "
                                "autorlhf_nemo.train(samples=..., rewards=...)"])
-        from autorlhf_nemo.data.offline import read_jsonl
+        from autorlhf_nemo.data.offline import read_rows
 
-        samples, rewards = read_jsonl(dataset_path(cfg.task.dataset))
-    # the samples as given: read_jsonl's keep their file and line numbers for error messages
+        samples, rewards = read_rows(dataset_path(cfg.task.dataset))
+    # the samples as given: read_rows' keep their source's rows and lines for error messages
     return {"samples": samples, "rewards": list(rewards), "encode_output": codec.encode_output,
             "start_token_id": codec.start_token_id()}
 

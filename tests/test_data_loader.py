@@ -70,13 +70,15 @@ def test_the_run_names_the_types_it_takes(tmp_path):
 
 @pytest.mark.parametrize("rows,message", [
     ([{"prompt": "p", "chosen": " a", "rejected": " b"}, {"prompt": "p", "chosen": " a"}],
-     r"row 1: 'rejected' is missing \(null\)"),
-    ([{"prompt": "p", "chosen": " a", "rejected": " a"}], r"row 0: 'chosen' and 'rejected' are identical"),
-    ([{"prompt": "p", "completion": "ok"}, {"prompt": "p", "completion": "  "}], r"row 1: 'completion' is empty"),
-    ([{"prompt": "p", "completion": 3}], r"row 0: 'completion' is a int, not a string or a list of"),
+     r"row 1 \(line 2\): 'rejected' is missing \(null\)"),
+    ([{"prompt": "p", "chosen": " a", "rejected": " a"}], r"row 0 \(line 1\): 'chosen' and 'rejected' are identical"),
+    ([{"prompt": "p", "completion": "ok"}, {"prompt": "p", "completion": "  "}],
+     r"row 1 \(line 2\): 'completion' is empty"),
+    ([{"prompt": "p", "completion": 3}], r"row 0 \(line 1\): 'completion' is a int, not a string or a list of"),
     ([{"prompt": "p", "completion": " ok"}, {"prompt": [{"role": "user", "content": "p"}],
                                              "completion": [{"role": "assistant", "content": "ok"}]}],
-     r"row 1: 'prompt' is a message list, but the rows before are strings"),
+     r"row 1 \(line 2\): 'prompt' is a list, but line 1 has a string: one kind of value per column"),
+    ([{"prompt": "p", "completion": " ok"}, "not an object"], r"row 1 \(line 2\): a JSON string, not an object"),
 ])
 def test_bad_rows_are_named_with_file_and_row(tmp_path, rows, message):
     path = tmp_path / "bad.jsonl"

@@ -242,7 +242,7 @@ def test_bad_jsonl_row_is_named_by_file_line_before_any_model(tmp_path):
 
     rows = tmp_path / "rows.jsonl"
     rows.write_text('{"prompt": "Hi", "output": " Hello", "reward": 1}\n\n{"prompt": "Hi", "output": " x", "reward": NaN}\n')
-    with pytest.raises(OfflineDataError, match=r"sample 1 \(.*rows.jsonl line 3\): its reward nan"):
+    with pytest.raises(OfflineDataError, match=r"sample 1 \(.*rows.jsonl row 1 \(line 3\)\): its reward nan"):
         autorlhf_nemo.train(["model=smollm2_135m", "algorithm=ilql", f"task.dataset={rows}"])
     dropped = tmp_path / "run"
     # with drop_bad_rows the row is dropped and counted (checked up to the dataset, without training)

@@ -1,4 +1,5 @@
-"""ILQL's offline dataset: tokens / actions / EOS, bad rows, z-scored rewards, JSONL, collate."""
+"""ILQL's offline dataset: tokens / actions / EOS, bad rows, z-scored rewards, reading rows through
+the loader (JSONL lines named, parquet, a datasets.Dataset), collate."""
 
 import json
 import math
@@ -11,7 +12,7 @@ from autorlhf_nemo.data.offline import (
     OfflineDataError,
     OfflineRow,
     collate,
-    read_jsonl,
+    read_rows,
     tokenize_samples,
 )
 
@@ -130,7 +131,7 @@ def test_constant_rewards_and_a_single_row_normalize_to_zero():
     assert (data.rows[0].reward, data.reward_mean, data.reward_std) == (0.0, 7.0, 0.0)
 
 
-# --- JSONL ------------------------------------------------------------------------
+# --- reading rows (data/loader.py) -------------------------------------------------
 
 def write_lines(tmp_path, lines):
     path = tmp_path / "data.jsonl"
@@ -138,7 +139,7 @@ def write_lines(tmp_path, lines):
     return path
 
 
-def test_read_jsonl_and_bad_row_line_numbers(tmp_path):
+def test_read_rows_and_bad_row_line_numbers(tmp_path):
     path = write_lines(tmp_path, [
         json.dumps({"prompt": "p", "output": " o", "reward": 1, "extra": "ignored"}),
         json.dumps({"prompt": "", "output": "alone", "reward": -0.5}),
@@ -146,11 +147,11 @@ def test_read_jsonl_and_bad_row_line_numbers(tmp_path):
         '{"prompt": "q", "output": "r", "reward": NaN}',
         '{"prompt": "q", "output": "s", "reward": null}',
     ])
-    samples, rewards = read_jsonl(path)
+    samples, rewards = read_rows(path)
     assert list(samples) == [["p", " o"], "alone", ["q", "r"], ["q", "s"]]
     assert rewards[:2] == [1.0, -0.5] and math.isnan(rewards[2]) and rewards[3] is None
     assert isinstance(rewards[0], float)
-    with pytest.raises(OfflineDataError, match=rf"^sample 2 \({path} line 4\): its reward nan"):
+    with pytest.raises(OfflineDataError, match=rf"^sample 2 \({path} row 2 \(line 4\)\): its reward nan"):
         tokenize(samples, rewards)
     data = tokenize(samples, rewards, drop_bad_rows=True, reward_normalization=False)
     assert data.dropped["bad_reward"] == 2
@@ -163,24 +164,41 @@ def test_read_jsonl_and_bad_row_line_numbers(tmp_path):
 @pytest.mark.parametrize("line,message", [
     ('{"prompt": "p", "output": "o", "reward": 1', "invalid JSON"),
     ('[1, 2]', "a JSON list, not an object"),
-    ('{"prompt": "p", "reward": 1}', 'no "output" key'),
-    ('{"output": "o", "reward": 1}', 'no "prompt" key'),
-    ('{"prompt": "p", "output": "o"}', 'no "reward" key'),
-    ('{"prompt": 3, "output": "o", "reward": 1}', '"prompt" is a int, not a string'),
+    ('{"prompt": 3, "output": "o", "reward": 1}', "'prompt' is a number, but line 1 has a string"),
     ('{"prompt": "p", "output": null, "reward": 1}', '"output" is a NoneType, not a string'),
-    ('{"prompt": "p", "output": "o", "reward": "1"}', "\"reward\" is '1', not a number"),
-    ('{"prompt": "p", "output": "o", "reward": false}', '"reward" is False, not a number'),
+    ('{"prompt": "p", "reward": 1}', '"output" is a NoneType, not a string'),       # missing: null
+    ('{"prompt": "p", "output": "o", "reward": "1"}', "'reward' is a string, but line 1 has a number"),
+    ('{"prompt": "p", "output": "o", "reward": false}', "'reward' is a boolean, but line 1 has a number"),
 ])
-def test_read_jsonl_errors_name_file_and_line(tmp_path, line, message):
+def test_read_rows_errors_name_file_row_and_line(tmp_path, line, message):
     path = write_lines(tmp_path, [json.dumps({"prompt": "p", "output": "o", "reward": 0}), "   ", line])
-    with pytest.raises(OfflineDataError, match=rf"^{path} line 3: {message}") as err:
-        read_jsonl(path)
+    with pytest.raises(OfflineDataError, match=rf"^{path} row 1 \(line 3\): {message}") as err:
+        read_rows(path)
     assert isinstance(err.value, ValueError)
 
 
-def test_read_jsonl_empty_file(tmp_path):
+def test_read_rows_needs_the_columns_and_a_row(tmp_path):
     with pytest.raises(OfflineDataError, match="no rows"):
-        read_jsonl(write_lines(tmp_path, ["", "  "]))
+        read_rows(write_lines(tmp_path, ["", "  "]))
+    with pytest.raises(OfflineDataError, match=r"no 'reward' column \(has \['prompt', 'output'\]\)"):
+        read_rows(write_lines(tmp_path, [json.dumps({"prompt": "p", "output": "o"})]))
+    with pytest.raises(OfflineDataError, match=r'row 0: "reward" is True, not a number'):
+        import datasets
+
+        read_rows(datasets.Dataset.from_dict({"prompt": ["p"], "output": ["o"], "reward": [True]}))
+
+
+def test_read_rows_from_parquet_and_a_dataset_equal_the_jsonl(tmp_path):
+    import datasets
+
+    rows = {"prompt": ["p", ""], "output": [" o", "alone"], "reward": [1.0, None]}
+    jsonl = write_lines(tmp_path, [json.dumps({k: v[i] for k, v in rows.items()}) for i in range(2)])
+    table = datasets.Dataset.from_dict(rows)
+    table.to_parquet(str(tmp_path / "rows.parquet"))
+    expected = read_rows(jsonl)
+    assert read_rows(tmp_path / "rows.parquet") == expected == read_rows(table)
+    with pytest.raises(OfflineDataError, match=r"sample 1 \(<datasets.Dataset> row 1\): its reward None"):
+        tokenize(*read_rows(table))
 
 
 # --- collate ----------------------------------------------------------------------

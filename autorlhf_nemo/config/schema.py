@@ -441,8 +441,9 @@ class TaskConfig:
     eval_seeds: list[int] = field(default_factory=lambda: [0])
     """One sampled evaluation pass per seed; without eval_greedy, eval/reward is their mean."""
     dataset: Optional[str] = None
-    """algorithm=ilql: a JSONL file of {"prompt", "output", "reward"} rows (data/offline.py), the offline
-    dataset of task=custom (and the cached dataset of task=sentiment)."""
+    """algorithm=ilql: a dataset of {"prompt", "output", "reward"} rows (a JSONL/JSON/parquet/CSV file, a
+    datasets directory or hub name: data/loader.py), the offline dataset of task=custom (and the cached
+    dataset of task=sentiment)."""
 
 
 @dataclass

@@ -23,6 +23,7 @@ value of another kind, an empty response, ``chosen`` equal to ``rejected``) rais
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
@@ -60,8 +61,21 @@ class Splits:
     source: str                # how messages name it (the path, or "<datasets.Dataset>")
 
 
-def _load(source: Any, split: str, cache_dir: Optional[str]) -> Any:
-    """``source`` as a datasets.Dataset (its progress bars hidden: a run prints what it loaded)."""
+@dataclass
+class Table:
+    """A loaded source: its rows, and for a JSONL file each row's line (messages name both)."""
+
+    rows: Any                         # datasets.Dataset
+    lines: Optional[list[int]] = None
+
+    def where(self, source: str, index: int) -> str:
+        """How a message names row ``index``."""
+        return f"{source} row {index}" + (f" (line {self.lines[index]})" if self.lines else "")
+
+
+def load_table(source: Any, split: str = "train", cache_dir: Optional[str] = None) -> Table:
+    """``source`` (module docstring) as a Table; its datasets progress bars hidden (a run prints
+    what it loaded). A JSONL file is read line by line here (json), so a bad line is named."""
     import datasets
     from datasets.utils import logging as datasets_logging
 
@@ -74,11 +88,62 @@ def _load(source: Any, split: str, cache_dir: Optional[str]) -> Any:
             datasets_logging.enable_progress_bar()
 
 
-def _load_quietly(source: Any, split: str, cache_dir: Optional[str]) -> Any:
+def _kind(value: Any) -> str:
+    """The JSON kind of a value: null, boolean, number, string, list or object."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {str: "string", list: "list", dict: "object"}[type(value)]
+
+
+def read_jsonl(path: Path) -> Table:
+    """The objects of a JSONL file (blank lines skipped) as a Table with their line numbers.
+    A line that is not one JSON object, or a value whose kind differs from the column's in the
+    lines before (arrow holds one kind per column), raises DataError naming the line."""
+    import datasets
+
+    rows, lines, kinds = [], [], {}
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path} row {len(rows)} (line {number})"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{where}: invalid JSON ({e.msg}, column {e.colno}): each line must be one "
+                                f"JSON object") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{where}: a JSON {_kind(row)}, not an object: each line must be one JSON object")
+            for key, value in row.items():
+                kind = _kind(value)
+                if kind == "null":
+                    continue
+                first = kinds.setdefault(key, (kind, number))
+                if first[0] != kind:
+                    raise DataError(f"{where}: '{key}' is a {kind}, but line {first[1]} has a {first[0]}: one kind "
+                                    f"of value per column")
+            rows.append(row)
+            lines.append(number)
+    if not rows:
+        raise DataError(f"{path}: no rows (every line is blank)")
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    try:
+        table = datasets.Dataset.from_dict({c: [row.get(c) for row in rows] for c in columns})
+    except (TypeError, ValueError) as e:  # pyarrow: nested values of different shapes
+        raise DataError(f"{path}: its rows do not form one table ({type(e).__name__}: {e}): give every row's "
+                        f"field the same structure") from None
+    return Table(table, lines)
+
+
+def _load_quietly(source: Any, split: str, cache_dir: Optional[str]) -> Table:
     import datasets
 
     if isinstance(source, datasets.Dataset):
-        return source
+        return Table(source)
     if isinstance(source, datasets.DatasetDict):
         raise DataError(f"a DatasetDict ({sorted(source)}): pass one split of it, e.g. dataset['{split}']")
     path = Path(str(source)).expanduser()
@@ -86,9 +151,16 @@ def _load_quietly(source: Any, split: str, cache_dir: Optional[str]) -> Any:
         builder = _BUILDERS.get("".join(path.suffixes[-1:]).lower())
         if builder is None:
             raise DataError(f"{path}: unknown file type {path.suffix!r}: use one of {sorted(_BUILDERS)}")
-        return datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=cache_dir)
+        if path.suffix.lower() == ".jsonl":
+            return read_jsonl(path)
+        try:
+            return Table(datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=cache_dir))
+        except Exception as error:  # noqa: BLE001 - datasets wraps the parser's error in its own
+            cause = error.__cause__ or error
+            raise DataError(f"{path}: datasets could not read it as {builder} ({type(cause).__name__}: "
+                            f"{cause})") from None
     try:
-        return datasets.load_dataset(str(source), split=split, cache_dir=cache_dir)
+        return Table(datasets.load_dataset(str(source), split=split, cache_dir=cache_dir))
     except Exception as error:   # noqa: BLE001 - datasets raises many kinds; all mean "cannot load it"
         where = "a directory" if path.is_dir() else "neither a local file nor a directory"
         raise DataError(f"data.path={source}: {where}, and datasets.load_dataset could not load it as a dataset "
@@ -107,13 +179,14 @@ def _is_messages(value: Any) -> bool:
                 for m in value))
 
 
-def check_rows(dataset: Any, kind: str, source: str) -> bool:
-    """Raise DataError at the first row that cannot be used; returns whether the rows are
-    conversational (their text fields are message lists)."""
+def check_rows(dataset: Any, kind: str, source: str, lines: Optional[list[int]] = None) -> bool:
+    """Raise DataError at the first row that cannot be used (named by its index, and its line in a
+    JSONL file: ``lines``); returns whether the rows are conversational (their text fields are
+    message lists)."""
     columns = TYPES[kind]
     conversational = None
     for index, row in enumerate(dataset):
-        where = f"{source} row {index}"
+        where = Table(dataset, lines).where(source, index)
         for column in columns:
             value = row.get(column)
             if value is None:
@@ -165,7 +238,8 @@ def load_splits(source: Any, *, split: str = "train", eval_split: Optional[str] 
         raise DataError("data.eval_split and data.eval_fraction both set: hold out one way")
     if eval_fraction is not None and not 0 < eval_fraction < 1:
         raise DataError(f"data.eval_fraction={eval_fraction}: use a fraction in (0, 1)")
-    table = _load(source, split, cache_dir)
+    loaded = load_table(source, split, cache_dir)
+    table = loaded.rows
     renames = {theirs: ours for ours, theirs in (columns or {}).items() if theirs != ours}
     missing = [theirs for theirs in renames if theirs not in table.column_names]
     if missing:
@@ -179,10 +253,10 @@ def load_splits(source: Any, *, split: str = "train", eval_split: Optional[str] 
         wanted = " or ".join(f"{k} ({', '.join(TYPES[k])})" for k in allowed)
         raise DataError(f"{name}: columns {table.column_names} are {'no known type' if kind is None else kind}: "
                         f"this run needs {wanted}; rename with data.columns.<ours>=<theirs>")
-    conversational = check_rows(table, kind, name)
+    conversational = check_rows(table, kind, name, loaded.lines)
     held_out = None
     if eval_split is not None:
-        held_out = _load(source, eval_split, cache_dir).rename_columns(renames)
+        held_out = load_table(source, eval_split, cache_dir).rows.rename_columns(renames)
         check_rows(held_out, kind, f"{name} [{eval_split}]")
     elif eval_fraction is not None:
         parts = table.train_test_split(test_size=eval_fraction, seed=seed, shuffle=True)

@@ -13,20 +13,21 @@ non-finite reward, more than ``train.seq_length`` tokens) raise
 trlX, a long sample is never truncated: cutting its prompt silently changes what the
 reward was given for.
 
-JSONL files (:func:`read_jsonl`): one JSON object per line, blank lines skipped, e.g.
+Datasets (:func:`read_rows`, through data/loader.py: JSONL, JSON, parquet, CSV, a datasets
+directory or hub name, a ``datasets.Dataset``), e.g. JSONL with one object per line (blank lines
+skipped):
 
     {"prompt": "Review of The Silent Harbor:", "output": " A quiet gem.", "reward": 0.8}
     {"prompt": "", "output": "An output with no prompt.", "reward": -1.5}
 
 ``prompt`` (string, may be ``""``: the output alone, after the start token),
-``output`` (string) and ``reward`` (a number; ``null``, ``NaN`` or ``Infinity``
-make a bad row) are required; other keys are ignored. Text is not stripped: a
+``output`` (string) and ``reward`` (a number; ``null``, missing, ``NaN`` or ``Infinity``
+make a bad row) are required columns; other columns are ignored. Text is not stripped: a
 separating space belongs where the tokenizer expects it (usually the output's start).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import numbers
 from dataclasses import dataclass
@@ -57,50 +58,52 @@ class OfflineDataset:
     reward_std: float         # unbiased; 0 for one row or all-equal rewards
 
 
-class JsonlSamples(list):
-    """The samples of a JSONL file: a list that remembers each sample's line, so that
-    :func:`tokenize_samples` names the line of a bad row (a slice is a plain list)."""
+class SourceSamples(list):
+    """The samples of a dataset source: a list that remembers where each sample came from, so that
+    :func:`tokenize_samples` names the row (and line) of a bad one (a slice is a plain list)."""
 
-    def __init__(self, samples, path, line_numbers):
+    def __init__(self, samples, places):
         super().__init__(samples)
-        self.path = str(path)
-        self.line_numbers = list(line_numbers)
+        self.places = list(places)
 
 
-def read_jsonl(path) -> tuple[list, list]:
-    """(samples, rewards) of a JSONL file of ``{"prompt": str, "output": str, "reward": number}``
-    lines (format in the module docstring). A sample is ``[prompt, output]``, or the output
-    string when the prompt is ``""``; a reward is a float (NaN / inf kept) or None (null)."""
-    samples, rewards, lines = [], [], []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path} line {lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise OfflineDataError(f"{where}: invalid JSON ({e.msg}, column {e.colno}): each line must be "
-                                       'one object {"prompt": str, "output": str, "reward": number}') from None
-            if not isinstance(obj, dict):
-                raise OfflineDataError(f"{where}: a JSON {type(obj).__name__}, not an object: each line must be "
-                                       'one object {"prompt": str, "output": str, "reward": number}')
-            for key in ("prompt", "output", "reward"):
-                if key not in obj:
-                    raise OfflineDataError(f'{where}: no "{key}" key (has {sorted(obj)}): each line needs '
-                                           '"prompt" (may be ""), "output" and "reward"')
-            for key in ("prompt", "output"):
-                if not isinstance(obj[key], str):
-                    raise OfflineDataError(f'{where}: "{key}" is a {type(obj[key]).__name__}, not a string')
-            reward = obj["reward"]
-            if reward is not None and (isinstance(reward, bool) or not isinstance(reward, (int, float))):
-                raise OfflineDataError(f'{where}: "reward" is {reward!r}, not a number')
-            samples.append([obj["prompt"], obj["output"]] if obj["prompt"] else obj["output"])
-            rewards.append(None if reward is None else float(reward))
-            lines.append(lineno)
+_ROW_SHAPE = '{"prompt": str, "output": str, "reward": number}'
+
+
+def read_rows(source) -> tuple[list, list]:
+    """(samples, rewards) of a dataset of ``{"prompt", "output", "reward"}`` rows, through the one
+    loader (data/loader.py: a JSONL/JSON/parquet/CSV file, a datasets directory or hub name, or a
+    ``datasets.Dataset``; format in the module docstring). A sample is ``[prompt, output]``, or the
+    output string when the prompt is ``""``; a reward is a float (NaN / inf kept) or None (null or
+    missing). Raises OfflineDataError naming the source and row (and line) of a malformed one."""
+    from autorlhf_nemo.data.loader import DataError, load_table
+
+    name = "<datasets.Dataset>" if not isinstance(source, (str, bytes)) and not hasattr(source, "__fspath__") \
+        else str(source)
+    try:
+        table = load_table(source)
+    except DataError as error:
+        raise OfflineDataError(str(error)) from None
+    missing = [key for key in ("prompt", "output", "reward") if key not in table.rows.column_names]
+    if missing:
+        raise OfflineDataError(f"{name}: no {', '.join(repr(k) for k in missing)} column (has "
+                               f"{table.rows.column_names}): each row is {_ROW_SHAPE}; the prompt may be \"\"")
+    samples, rewards, places = [], [], []
+    for index, row in enumerate(table.rows):
+        where = table.where(name, index)
+        for key in ("prompt", "output"):
+            if not isinstance(row[key], str):
+                raise OfflineDataError(f'{where}: "{key}" is a {type(row[key]).__name__}, not a string: each row is '
+                                       f'{_ROW_SHAPE}')
+        reward = row["reward"]
+        if reward is not None and (isinstance(reward, bool) or not isinstance(reward, (int, float))):
+            raise OfflineDataError(f'{where}: "reward" is {reward!r}, not a number')
+        samples.append([row["prompt"], row["output"]] if row["prompt"] else row["output"])
+        rewards.append(None if reward is None else float(reward))
+        places.append(where)
     if not samples:
-        raise OfflineDataError(f"{path}: no rows (every line is blank)")
-    return JsonlSamples(samples, path, lines), rewards
+        raise OfflineDataError(f"{name}: no rows")
+    return SourceSamples(samples, places), rewards
 
 
 def tokenize_samples(samples: Sequence, rewards: Sequence, encode: Callable[[str], list[int]], eos_token_id: int,
@@ -114,12 +117,12 @@ def tokenize_samples(samples: Sequence, rewards: Sequence, encode: Callable[[str
     the first, or with ``drop_bad_rows`` are dropped and counted in ``dropped``."""
     if len(samples) != len(rewards):
         raise OfflineDataError(f"{len(samples)} samples but {len(rewards)} rewards: give one reward per sample")
-    lines = getattr(samples, "line_numbers", None)
-    if lines is not None and len(lines) != len(samples):
-        lines = None
+    places = getattr(samples, "places", None)
+    if places is not None and len(places) != len(samples):
+        places = None
 
     def name(i):
-        return f"sample {i} ({samples.path} line {lines[i]})" if lines is not None else f"sample {i}"
+        return f"sample {i} ({places[i]})" if places is not None else f"sample {i}"
 
     rows, raw, dropped = [], [], dict.fromkeys(REASONS, 0)
     for i, (sample, reward) in enumerate(zip(samples, rewards)):
