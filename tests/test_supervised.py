@@ -321,7 +321,7 @@ def test_rl_prompts_from_data_path_replace_the_tasks(tmp_path):
     chat.write_text(json.dumps({"prompt": messages}) + "\n" + json.dumps({"prompt": None}) + "\n")
     from autorlhf_nemo.data.loader import DataError
 
-    with pytest.raises(DataError, match="row 1: 'prompt' is missing"):
+    with pytest.raises(DataError, match=r"row 1 \(line 2\): 'prompt' is missing"):
         build_task(typed_config(compose_config(["algorithm=grpo", "task=sentiment", f"data.path={chat}"])))
     with pytest.raises(ConfigError, match="not both"):
         build_task(typed_config(compose_config(["algorithm=ppo", f"data.path={path}"])), prompts=["x"],
