@@ -223,15 +223,12 @@ def _with_prompt_dataset(cfg: RootConfig, task: Task) -> Task:
     the held-out rows' prompts (data.eval_split or data.eval_fraction; at most task.num_eval_prompts)
     as its evaluation prompts; with nothing held out, the first task.num_eval_prompts training prompts,
     which the report names."""
-    from autorlhf_nemo.data.loader import load_splits
+    from autorlhf_nemo.data.loader import load_data_splits
 
     if task.tokenizer is None:
         raise ConfigError([f"data.path gives prompts as text, and task={task.name} has no tokenizer: use "
                            f"task=custom or task=sentiment"])
-    d = cfg.data
-    splits = load_splits(dataset_path(d.path), split=d.split, eval_split=d.eval_split,
-                         eval_fraction=None if d.eval_split or not d.eval_fraction else d.eval_fraction,
-                         limit=d.limit, columns=dict(d.columns), seed=cfg.train.seed, allowed=PROMPT_TYPES)
+    splits = load_data_splits(cfg.data, dataset_path(cfg.data.path), cfg.train.seed, PROMPT_TYPES)
     task.prompts = list(splits.train["prompt"])
     n = cfg.task.num_eval_prompts
     if splits.eval is not None and len(splits.eval):

@@ -185,8 +185,9 @@ def check_rows(dataset: Any, kind: str, source: str, lines: Optional[list[int]] 
     message lists)."""
     columns = TYPES[kind]
     conversational = None
+    table = Table(dataset, lines)
     for index, row in enumerate(dataset):
-        where = Table(dataset, lines).where(source, index)
+        where = table.where(source, index)
         for column in columns:
             value = row.get(column)
             if value is None:
@@ -262,3 +263,12 @@ def load_splits(source: Any, *, split: str = "train", eval_split: Optional[str] 
         parts = table.train_test_split(test_size=eval_fraction, seed=seed, shuffle=True)
         table, held_out = parts["train"], parts["test"]
     return Splits(table, held_out, kind, conversational, name)
+
+
+def load_data_splits(data_cfg, source: Any, seed: int, allowed: Sequence[str]) -> Splits:
+    """load_splits with the data group's options (config/schema.py DataConfig): data.eval_split, else
+    data.eval_fraction of the rows (0: none held out)."""
+    d = data_cfg
+    return load_splits(source, split=d.split, eval_split=d.eval_split,
+                       eval_fraction=None if d.eval_split or not d.eval_fraction else d.eval_fraction,
+                       limit=d.limit, columns=dict(d.columns), seed=seed, allowed=allowed)

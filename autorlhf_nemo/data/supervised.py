@@ -17,7 +17,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from autorlhf_nemo.data.encode import encode_prompt, encode_rows
-from autorlhf_nemo.data.loader import DataError, extract_prompt, load_splits
+from autorlhf_nemo.data.loader import DataError, extract_prompt, load_data_splits
 
 # the types each supervised algorithm trains on (loader.TYPES)
 ALLOWED = {"sft": ("prompt_completion", "chat", "language_modeling"),
@@ -65,9 +65,7 @@ def load_supervised(algorithm: str, data_cfg, tokenizer, max_length: int, seed: 
     if source is None:
         raise DataError(f"algorithm={algorithm} trains on a dataset: set data.path=<file or hub name> "
                         f"(or pass autorlhf_nemo.train(..., dataset=...))")
-    splits = load_splits(source, split=d.split, eval_split=d.eval_split,
-                         eval_fraction=None if d.eval_split or not d.eval_fraction else d.eval_fraction,
-                         limit=d.limit, columns=dict(d.columns), seed=seed, allowed=ALLOWED[algorithm])
+    splits = load_data_splits(d, source, seed, ALLOWED[algorithm])
     train = encode_rows(tokenizer, splits.train, splits.type, max_length)
     counts = {"train": train.counts}
     if not train.rows:

@@ -48,7 +48,7 @@ def dpo_pair_loss(logprobs: torch.Tensor, batch: dict, beta: float, loss_type: s
         with torch.no_grad():
             stats.update(dpo_loss(sums[0::2], sums[1::2], ref_sums[0::2], ref_sums[1::2], beta, loss_type, weights,
                                   label_smoothing)[2])
-    nll = -sequence_sums(logprobs, mask)[0::2] / tokens[0::2]
+    nll = -sums[0::2] / tokens[0::2]
     if sft_weight:
         loss = loss + sft_weight * (nll * weights).sum()
     stats.update(logps_chosen=((sums[0::2] * weights).sum().detach(), count),
@@ -100,7 +100,7 @@ class DPOModel(OfflineModel):
             log(f"reference log-probs of {len(rows)} pairs read from {path}")
         else:
             values = self._reference_logps(rows, pad_token_id)
-            error = [None]  # rank 0's alone: only it writes
+            error = None  # rank 0's alone: only it writes
             if dist.get_rank() == 0:
                 try:
                     path.parent.mkdir(parents=True, exist_ok=True)
@@ -108,11 +108,11 @@ class DPOModel(OfflineModel):
                     torch.save({**key, "logps": values}, partial)
                     partial.replace(path)
                 except OSError as e:
-                    error = [f"{type(e).__name__}: {e}"]
-            if error[0] is None:
+                    error = f"{type(e).__name__}: {e}"
+            if error is None:
                 log(f"reference log-probs of {len(rows)} pairs computed and saved to {path}")
             else:  # every rank holds them: train on; a resumed run computes them again (from the initial weights)
-                log(f"reference log-probs of {len(rows)} pairs computed; saving them to {path} failed ({error[0]}), "
+                log(f"reference log-probs of {len(rows)} pairs computed; saving them to {path} failed ({error}), "
                     f"so a resumed run will compute them again")
         for row, (chosen, rejected) in zip(rows, values.tolist()):
             row.reference = (chosen, rejected)
